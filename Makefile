@@ -1,0 +1,47 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.neve-installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: demo test lint data install bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch/torchvision first, at the versions that lie on this machine's disk,
+# so that `pip install -e .` finds them satisfied and downloads no other build.
+$(STAMP): $(PY) setup.cfg pyproject.toml
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e .[test]
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Fashion-MNIST from Debian's package `dataset-fashion-mnist` (installed when root).
+data:
+	@if [ ! -f $(FMNIST) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -q dataset-fashion-mnist || \
+	     (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) >/dev/null; \
+	  else \
+	    echo "note: Fashion-MNIST not found; run 'sudo apt-get install dataset-fashion-mnist'"; \
+	  fi; \
+	fi
+
+demo: install data
+	$(PY) examples/quickstart.py
+
+lint: install
+	$(PY) -m ruff check .
+
+test: install data lint
+	$(PY) -m pytest -q
+
+bench: install data
+	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

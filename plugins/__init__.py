@@ -1,0 +1,11 @@
+"""Avalanche plugins of neve, and checkpointing that works under current torch."""
+
+from neve.plugins.checkpoint import (
+    maybe_load_checkpoint,
+    restore_submodule_attributes,
+    save_checkpoint,
+)
+
+restore_submodule_attributes()
+
+__all__ = ["maybe_load_checkpoint", "restore_submodule_attributes", "save_checkpoint"]

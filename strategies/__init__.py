@@ -1,0 +1,3 @@
+"""SupervisedTemplate subclasses of neve."""
+
+__all__: list[str] = []

@@ -1,0 +1,55 @@
+"""A Naive run on Split digits, used by test_checkpoint.py in separate processes.
+
+    python naive_digits_run.py full   OUT      # 5 experiences, no interruption
+    python naive_digits_run.py first  OUT CKPT # experiences 0..2, then checkpoint
+    python naive_digits_run.py resume OUT CKPT # new process: load, run the rest
+
+OUT receives the final weights and the accuracies after each experience.
+"""
+
+import sys
+
+import torch
+from avalanche.benchmarks import nc_benchmark
+from avalanche.evaluation.metrics import accuracy_metrics
+from avalanche.training.determinism.rng_manager import RNGManager
+from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training.supervised import Naive
+
+from neve.benchmarks import digits
+from neve.plugins import maybe_load_checkpoint, save_checkpoint
+
+
+def main(mode: str, out: str, ckpt: str | None = None) -> None:
+    RNGManager.set_random_seeds(1234)
+    train, test = digits(seed=0)
+    bm = nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=0)
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
+    )
+    evaluator = EvaluationPlugin(accuracy_metrics(stream=True, experience=True), loggers=[])
+    strategy = Naive(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9),
+        torch.nn.CrossEntropyLoss(),
+        train_mb_size=16,
+        train_epochs=2,
+        eval_mb_size=64,
+        evaluator=evaluator,
+    )
+    start = 0
+    if mode == "resume":
+        strategy, start = maybe_load_checkpoint(strategy, ckpt)
+    stop = 3 if mode == "first" else 5
+    accs = {}
+    for i in range(start, stop):
+        strategy.train(bm.train_stream[i])
+        res = strategy.eval(bm.test_stream)
+        accs[i] = res["Top1_Acc_Stream/eval_phase/test_stream/Task000"]
+        if mode == "first" and i == 2:
+            save_checkpoint(strategy, ckpt)
+    torch.save({"state": strategy.model.state_dict(), "accs": accs}, out)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
