@@ -82,7 +82,8 @@ def print_table(method: str, table: list[list[float]]) -> None:
     print(f"\n{method}: test accuracy (%) on each experience after training")
     print("after  " + " ".join(f" exp{j}" for j in range(5)) + "  stream")
     for i, row in enumerate(table):
-        print(f"exp{i}   " + " ".join(f"{100 * a:5.1f}" for a in row[:5]) + f"  {100 * row[5]:5.1f}")
+        cells = " ".join(f"{100 * a:5.1f}" for a in row[:5])
+        print(f"exp{i}   {cells}  {100 * row[5]:5.1f}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
