@@ -7,10 +7,12 @@ from neve.models.backbones import (
     extract_features,
     pretrained_backbone,
 )
+from neve.models.classifier import PretrainedClassifier
 
 __all__ = [
     "Backbone",
     "ImagePreprocess",
+    "PretrainedClassifier",
     "dataset_fingerprint",
     "extract_features",
     "pretrained_backbone",

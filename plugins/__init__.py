@@ -5,7 +5,19 @@ from neve.plugins.checkpoint import (
     restore_submodule_attributes,
     save_checkpoint,
 )
+from neve.plugins.slca import (
+    ClassGaussianStats,
+    ClassifierAlignmentPlugin,
+    SlowLearnerPlugin,
+)
 
 restore_submodule_attributes()
 
-__all__ = ["maybe_load_checkpoint", "restore_submodule_attributes", "save_checkpoint"]
+__all__ = [
+    "ClassGaussianStats",
+    "ClassifierAlignmentPlugin",
+    "SlowLearnerPlugin",
+    "maybe_load_checkpoint",
+    "restore_submodule_attributes",
+    "save_checkpoint",
+]

@@ -1,3 +1,5 @@
 """SupervisedTemplate subclasses of neve."""
 
-__all__: list[str] = []
+from neve.strategies.slca import SLCA
+
+__all__: list[str] = ["SLCA"]

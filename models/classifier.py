@@ -1,0 +1,87 @@
+"""A pretrained feature extractor with an Avalanche incremental head: neve's model contract.
+
+The model contract
+------------------
+neve's plugins that treat the representation and the classifier differently
+(:class:`~neve.plugins.SlowLearnerPlugin`, :class:`~neve.plugins.ClassifierAlignmentPlugin`,
+the analytic head) find them by attribute name on the strategy's model:
+
+* ``model.features``: an ``nn.Module`` mapping what the model receives (a batch
+  of the dataset's inputs) to feature vectors ``[B, D]``;
+* ``model.classifier``: an ``nn.Module`` mapping ``[B, D]`` features to logits
+  ``[B, C]`` (typically Avalanche's ``IncrementalClassifier``, which grows as new
+  classes appear);
+* ``model(x) == model.classifier(model.features(x))``.
+
+The plugins take the attribute names as arguments (``features=``, ``head=``),
+so any model with two such submodules fits; a model without them gets a
+``ValueError`` naming the missing attribute. :class:`PretrainedClassifier` is
+the ready-made model that meets the contract.
+"""
+
+from __future__ import annotations
+
+import torch
+from avalanche.models import IncrementalClassifier
+from torch import nn
+
+
+class PretrainedClassifier(nn.Module):
+    """``classifier(features(x))`` with an Avalanche ``IncrementalClassifier`` head.
+
+    Args:
+        backbone: maps (preprocessed) images to ``[B, feature_dim]`` features, e.g.
+            :func:`neve.models.pretrained_backbone`; any ``nn.Module`` works.
+        num_classes: the head's initial number of outputs; the head grows when an
+            experience brings a class id ``>= num_classes`` (Avalanche's model
+            adaptation), and units of classes not yet trained on are masked.
+        feature_dim: the feature size; default ``backbone.feature_dim``.
+        preprocess: if True, ``backbone.transform`` (e.g. resize + normalise of
+            :class:`~neve.models.ImagePreprocess`) runs inside the model, so raw
+            dataset images work; then ``features`` is
+            ``nn.Sequential(backbone.transform, backbone)``. If False (default),
+            ``features`` is the backbone itself and inputs must be preprocessed.
+        masking: passed to ``IncrementalClassifier`` (mask logits of unseen classes).
+
+    Attributes:
+        features: the feature extractor (see the module docstring's contract).
+        classifier: the ``IncrementalClassifier`` head.
+        feature_dim: the feature size.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int = 2,
+        feature_dim: int | None = None,
+        preprocess: bool = False,
+        masking: bool = True,
+    ) -> None:
+        super().__init__()
+        if feature_dim is None:
+            feature_dim = getattr(backbone, "feature_dim", None)
+            if feature_dim is None:
+                raise ValueError(
+                    "feature_dim must be given when the backbone has no .feature_dim attribute"
+                )
+        if int(feature_dim) < 1:
+            raise ValueError(f"feature_dim must be >= 1, got {feature_dim}")
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if preprocess:
+            transform = getattr(backbone, "transform", None)
+            if not isinstance(transform, nn.Module):
+                raise ValueError(
+                    "preprocess=True needs a backbone with a .transform nn.Module "
+                    "(e.g. neve.models.pretrained_backbone())"
+                )
+            self.features = nn.Sequential(transform, backbone)
+        else:
+            self.features = backbone
+        self.feature_dim = int(feature_dim)
+        self.classifier = IncrementalClassifier(
+            self.feature_dim, initial_out_features=int(num_classes), masking=masking
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))

@@ -1,0 +1,106 @@
+"""SLCA (Zhang et al., ICCV 2023) as Avalanche's ``Naive`` plus neve's two SLCA plugins."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training.plugins.evaluation import default_evaluator
+from avalanche.training.supervised import Naive
+from avalanche.training.templates.base import BasePlugin
+from avalanche.training.templates.strategy_mixin_protocol import CriterionType
+from torch.nn import CrossEntropyLoss, Module
+from torch.optim import Optimizer
+
+from neve.plugins.slca import ClassifierAlignmentPlugin, SlowLearnerPlugin, get_submodule
+
+
+class SLCA(Naive):
+    """Slow Learner with Classifier Alignment: ``Naive`` + :class:`SlowLearnerPlugin`
+    + :class:`ClassifierAlignmentPlugin`.
+
+    The model must meet neve's contract (``model.features``, ``model.classifier``;
+    names changeable with ``features=`` / ``head=``), e.g.
+    :class:`neve.models.PretrainedClassifier`. The optimizer may be any
+    ``torch.optim`` optimizer over the model's parameters; its learning rate is
+    the head's, the representation gets ``backbone_lr_scale`` times it. Paper
+    setting: ``SGD(lr=0.01, momentum=0.9, weight_decay=5e-4)`` with the defaults.
+
+    Plugin order: the slow learner first, then the ``plugins`` given, then the
+    alignment (so e.g. LwF's teacher copy is the unaligned model).
+
+    Args:
+        model, optimizer, criterion, train_mb_size, train_epochs, eval_mb_size,
+        device, plugins, evaluator, eval_every, **base_kwargs: as ``Naive``
+        (``criterion=None`` means ``CrossEntropyLoss()``).
+        backbone_lr_scale: see :class:`SlowLearnerPlugin`.
+        samples_per_class, alignment_epochs, alignment_lr, temperature, covariance,
+        keep_aligned, alignment_batch_size, ridge, logit_norm, alignment_seed: the
+        :class:`ClassifierAlignmentPlugin`'s ``samples_per_class``, ``epochs``,
+        ``lr``, ``temperature``, ``covariance``, ``keep_aligned``, ``batch_size``,
+        ``ridge``, ``logit_norm``, ``seed``.
+        features, head: attribute names on the model.
+
+    Attributes:
+        slow_learner, alignment: the two plugins.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: Module,
+        optimizer: Optimizer,
+        criterion: CriterionType | None = None,
+        train_mb_size: int = 1,
+        train_epochs: int = 1,
+        eval_mb_size: int | None = None,
+        device: str | torch.device = "cpu",
+        plugins: list[BasePlugin] | None = None,
+        evaluator: EvaluationPlugin | Callable[[], EvaluationPlugin] = default_evaluator,
+        eval_every: int = -1,
+        backbone_lr_scale: float = 0.01,
+        samples_per_class: int = 256,
+        alignment_epochs: int = 5,
+        alignment_lr: float = 0.01,
+        temperature: float = 0.1,
+        covariance: str = "full",
+        keep_aligned: bool = False,
+        alignment_batch_size: int = 256,
+        ridge: float = 1e-4,
+        logit_norm: bool = True,
+        alignment_seed: int = 0,
+        features: str = "features",
+        head: str = "classifier",
+        **base_kwargs,
+    ) -> None:
+        self.slow_learner = SlowLearnerPlugin(backbone_lr_scale=backbone_lr_scale, head=head)
+        self.alignment = ClassifierAlignmentPlugin(
+            samples_per_class=samples_per_class,
+            epochs=alignment_epochs,
+            lr=alignment_lr,
+            temperature=temperature,
+            covariance=covariance,
+            keep_aligned=keep_aligned,
+            batch_size=alignment_batch_size,
+            ridge=ridge,
+            logit_norm=logit_norm,
+            features=features,
+            head=head,
+            seed=alignment_seed,
+        )
+        get_submodule(model, features, "feature extractor")
+        get_submodule(model, head, "head")
+        super().__init__(
+            model=model,
+            optimizer=optimizer,
+            criterion=CrossEntropyLoss() if criterion is None else criterion,
+            train_mb_size=train_mb_size,
+            train_epochs=train_epochs,
+            eval_mb_size=eval_mb_size,
+            device=device,
+            plugins=[self.slow_learner, *(plugins or []), self.alignment],
+            evaluator=evaluator,
+            eval_every=eval_every,
+            **base_kwargs,
+        )
