@@ -1,5 +1,19 @@
 """SupervisedTemplate subclasses of neve."""
 
+from neve.strategies.episodic import (
+    NearestPrototype,
+    RecentSetsBuffer,
+    episode_evaluator,
+    paper_replay_settings,
+    pretrain_tune,
+)
 from neve.strategies.slca import SLCA
 
-__all__: list[str] = ["SLCA"]
+__all__: list[str] = [
+    "NearestPrototype",
+    "RecentSetsBuffer",
+    "SLCA",
+    "episode_evaluator",
+    "paper_replay_settings",
+    "pretrain_tune",
+]

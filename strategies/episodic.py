@@ -1,0 +1,233 @@
+"""Few-shot continual baselines for CFSL and instance-test episodes, on frozen features.
+
+Kowadlo et al. (2022) compare, on the instance test, a prototype classifier
+(ProtoNets), fine-tuning of a pretrained network (Pretrain+Tune, lr 0.01, a few
+steps per support set) and the same with replay of recent support sets. Here
+the pretrained network is a frozen backbone (episodes are turned into features
+by :func:`neve.benchmarks.encode_episodes`), so each baseline is a small
+Avalanche strategy on feature vectors:
+
+* :func:`pretrain_tune` -- Avalanche ``Naive`` fine-tuning a linear head; with
+  ``replay_sets > 0`` it adds Avalanche's ``ReplayPlugin`` whose storage is
+  :class:`RecentSetsBuffer` (the last ``L`` support sets, ``k`` samples per step,
+  as in the paper's replay setting);
+* :class:`NearestPrototype` -- nearest class mean (Avalanche's ``NCMClassifier``)
+  on L2-normalised features, a ProtoNet-like learner with fixed embeddings.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+from avalanche.benchmarks.utils.utils import concat_datasets
+from avalanche.evaluation.metrics import accuracy_metrics
+from avalanche.models import NCMClassifier
+from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
+from avalanche.training.storage_policy import ExemplarsBuffer
+from avalanche.training.supervised import Naive
+from avalanche.training.templates import SupervisedTemplate
+
+# (support sets S) -> (last L sets kept, k samples per step), Kowadlo et al. (2022), replay
+PAPER_REPLAY_SETTINGS = {20: (10, 5), 10: (5, 8), 4: (2, 8), 2: (1, 5), 1: (0, 0)}
+
+
+def paper_replay_settings(support_sets: int) -> tuple[int, int]:
+    """``(L, k)`` of the paper's replay runs for ``support_sets`` sets of 20 images.
+
+    Other values of ``S`` get ``L = S // 2`` (the buffer holds about half the
+    episode, as in all the paper's settings) and ``k = 8``.
+    """
+    if support_sets < 1:
+        raise ValueError(f"support_sets must be >= 1, got {support_sets}")
+    return PAPER_REPLAY_SETTINGS.get(support_sets, (support_sets // 2, 8))
+
+
+def episode_evaluator() -> EvaluationPlugin:
+    """Stream accuracy only, no loggers: what :func:`neve.benchmarks.run_episodes` reads."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return EvaluationPlugin(accuracy_metrics(stream=True), loggers=[])
+
+
+class RecentSetsBuffer(ExemplarsBuffer):
+    """Replay storage holding every item of the last ``max_sets`` experiences.
+
+    The circular buffer of the paper's replay runs: after each support set, the
+    set is appended and the oldest set dropped once more than ``max_sets`` are
+    held. ``max_size`` bounds the items (oldest sets dropped first).
+
+    Args:
+        max_sets: ``L``, the number of recent support sets kept.
+        max_size: most items held (``ReplayPlugin`` asserts it equals its ``mem_size``).
+    """
+
+    def __init__(self, max_sets: int, max_size: int = 10_000) -> None:
+        if max_sets < 1:
+            raise ValueError(f"max_sets must be >= 1, got {max_sets}")
+        super().__init__(max_size)
+        self.max_sets = int(max_sets)
+        self.sets: list = []
+
+    def post_adapt(self, agent_state, exp) -> None:
+        self.sets = (self.sets + [exp.dataset])[-self.max_sets :]
+        while len(self.sets) > 1 and sum(len(d) for d in self.sets) > self.max_size:
+            self.sets.pop(0)
+        self.buffer = concat_datasets(self.sets)
+
+    def update(self, strategy, **kwargs) -> None:
+        """What ``ReplayPlugin`` calls after each experience (without the deprecation warning)."""
+        self.post_adapt(strategy, strategy.experience)
+
+    def resize(self, strategy, new_size: int) -> None:
+        self.max_size = int(new_size)
+
+
+def pretrain_tune(
+    num_classes: int,
+    feature_dim: int = 1280,
+    lr: float = 0.01,
+    steps_per_set: int = 5,
+    replay_sets: int = 0,
+    replay_samples: int = 8,
+    device: str | torch.device = "cpu",
+    plugins: Sequence | None = None,
+    evaluator: EvaluationPlugin | None = None,
+) -> Naive:
+    """Pretrain+Tune: Avalanche ``Naive`` fine-tuning a zero-initialised linear head.
+
+    Each support set is one mini-batch; ``steps_per_set`` SGD steps (lr ``lr``) are
+    taken on it (Kowadlo et al., 2022: lr 0.01, 5 steps). With ``replay_sets = L
+    > 0``, every step also draws ``replay_samples = k`` items from the last ``L``
+    support sets (Avalanche's ``ReplayPlugin`` with a :class:`RecentSetsBuffer`).
+
+    Args:
+        num_classes: outputs of the head (N of the N-way episode).
+        feature_dim: size of the input features.
+        lr: SGD learning rate.
+        steps_per_set: gradient steps per support set.
+        replay_sets: ``L``; 0 disables replay.
+        replay_samples: ``k``, replayed items per step.
+        device: where the head trains.
+        plugins: extra Avalanche plugins.
+        evaluator: default :func:`episode_evaluator`.
+    """
+    if num_classes < 1 or feature_dim < 1 or steps_per_set < 1:
+        raise ValueError(
+            "num_classes, feature_dim and steps_per_set must be >= 1, got "
+            f"{num_classes}, {feature_dim}, {steps_per_set}"
+        )
+    if replay_sets < 0 or replay_samples < 1:
+        raise ValueError(
+            f"replay_sets must be >= 0 and replay_samples >= 1, got {replay_sets}, "
+            f"{replay_samples}"
+        )
+    head = torch.nn.Linear(feature_dim, num_classes)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    all_plugins = list(plugins or [])
+    if replay_sets > 0:
+        storage = RecentSetsBuffer(replay_sets)
+        all_plugins.append(
+            ReplayPlugin(
+                mem_size=storage.max_size, batch_size_mem=replay_samples, storage_policy=storage
+            )
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Naive(
+            head,
+            torch.optim.SGD(head.parameters(), lr=lr),
+            torch.nn.CrossEntropyLoss(),
+            train_mb_size=100_000,  # a support set is one mini-batch
+            train_epochs=steps_per_set,
+            eval_mb_size=1024,
+            device=device,
+            plugins=all_plugins,
+            evaluator=evaluator if evaluator is not None else episode_evaluator(),
+        )
+
+
+def class_means(sums: torch.Tensor, counts: torch.Tensor) -> dict[int, torch.Tensor]:
+    """``{class: sums[class] / counts[class]}`` for every class with ``counts > 0``.
+
+    Args:
+        sums: ``[C, D]`` per-class sums of features.
+        counts: ``[C]`` per-class item counts.
+    """
+    seen = torch.nonzero(counts > 0).flatten().tolist()
+    return {c: (sums[c] / counts[c]).float() for c in seen}
+
+
+class NearestPrototype(SupervisedTemplate):
+    """Nearest class mean on (L2-normalised) features: a ProtoNet-like learner.
+
+    Training adds each item's normalised feature to its class's running sum (no
+    gradients, order-free, so it cannot forget); after each experience the means
+    go into Avalanche's ``NCMClassifier``, which predicts the class whose mean is
+    closest (Euclidean) to the normalised query. State: ``class_sums`` ``[C, D]``
+    and ``class_counts`` ``[C]`` (float64 tensors).
+
+    Args:
+        num_classes: largest label + 1.
+        feature_dim: size of the input features.
+        normalize: L2-normalise features (and queries) first.
+        train_mb_size, eval_mb_size, device, plugins, evaluator: as for Avalanche strategies.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        feature_dim: int = 1280,
+        normalize: bool = True,
+        train_mb_size: int = 256,
+        eval_mb_size: int = 1024,
+        device: str | torch.device = "cpu",
+        plugins: Sequence | None = None,
+        evaluator: EvaluationPlugin | None = None,
+    ) -> None:
+        if num_classes < 1 or feature_dim < 1:
+            raise ValueError(
+                f"num_classes and feature_dim must be >= 1, got {num_classes}, {feature_dim}"
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            super().__init__(
+                model=NCMClassifier(normalize=normalize),
+                optimizer=None,  # type: ignore[arg-type]
+                criterion=torch.nn.CrossEntropyLoss(),
+                train_mb_size=train_mb_size,
+                train_epochs=1,
+                eval_mb_size=eval_mb_size,
+                device=device,
+                plugins=list(plugins or []),
+                evaluator=evaluator if evaluator is not None else episode_evaluator(),
+            )
+        self.normalize = normalize
+        self.class_sums = torch.zeros(num_classes, feature_dim, dtype=torch.float64)
+        self.class_counts = torch.zeros(num_classes, dtype=torch.float64)
+
+    def make_optimizer(self, **kwargs) -> None:
+        """No optimiser: the class means are accumulated."""
+
+    def training_epoch(self, **kwargs) -> None:
+        for mbatch in self.dataloader:
+            self.mbatch = mbatch
+            self._unpack_minibatch()
+            self._before_training_iteration(**kwargs)
+            self.loss = self._make_empty_loss()
+            x = self.mb_x.detach().double().flatten(1)
+            if self.normalize:
+                x = torch.nn.functional.normalize(x, dim=1)
+            y = self.mb_y.detach().long()
+            self.class_sums = self.class_sums.to(x.device).index_add_(0, y, x)
+            self.class_counts = self.class_counts.to(x.device).index_add_(
+                0, y, torch.ones_like(y, dtype=torch.float64)
+            )
+            self._after_training_iteration(**kwargs)
+
+    def _after_training_exp(self, **kwargs) -> None:
+        self.model.replace_class_means_dict(class_means(self.class_sums, self.class_counts))
+        super()._after_training_exp(**kwargs)
