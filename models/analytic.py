@@ -85,7 +85,7 @@ def accumulate_statistics(
 
 
 def symmetric_from_lower(gram: torch.Tensor) -> torch.Tensor:
-    """The symmetric matrix whose lower triangle is ``gram``'s (see :func:`accumulate_statistics`)."""
+    """The symmetric matrix with ``gram``'s lower triangle (see :func:`accumulate_statistics`)."""
     lower = torch.tril(gram)
     return lower + torch.tril(gram, -1).T
 

@@ -152,7 +152,8 @@ class AnalyticCIL(SupervisedTemplate):
         if not self.base_trained:
             self._base_training()
         self.model.eval()
-        for self.mbatch in self.dataloader:
+        for batch in self.dataloader:
+            self.mbatch = batch
             if self._stop_training:
                 break
             self._unpack_minibatch()
