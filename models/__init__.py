@@ -1,5 +1,10 @@
 """nn.Modules of neve: pretrained backbones and heads."""
 
+from neve.models.analytic import (
+    AnalyticClassifier,
+    BufferLayer,
+    RecursiveLeastSquares,
+)
 from neve.models.backbones import (
     Backbone,
     ImagePreprocess,
@@ -10,6 +15,9 @@ from neve.models.backbones import (
 from neve.models.classifier import PretrainedClassifier
 
 __all__ = [
+    "AnalyticClassifier",
+    "BufferLayer",
+    "RecursiveLeastSquares",
     "Backbone",
     "ImagePreprocess",
     "PretrainedClassifier",

@@ -1,5 +1,6 @@
 """SupervisedTemplate subclasses of neve."""
 
+from neve.strategies.analytic import AnalyticCIL
 from neve.strategies.episodic import (
     NearestPrototype,
     RecentSetsBuffer,
@@ -10,6 +11,7 @@ from neve.strategies.episodic import (
 from neve.strategies.slca import SLCA
 
 __all__: list[str] = [
+    "AnalyticCIL",
     "NearestPrototype",
     "RecentSetsBuffer",
     "SLCA",
