@@ -1,5 +1,14 @@
 """Streams, class orders and offline datasets for Avalanche benchmarks."""
 
+from neve.benchmarks.curriculum import (
+    BoundaryAwareOnlineExperience,
+    CurriculumDesigner,
+    curriculum_benchmark,
+    curriculum_score,
+    score_orders,
+    select_classes,
+    split_online,
+)
 from neve.benchmarks.datasets import (
     IndexedSubset,
     LabelledTensorDataset,
@@ -9,6 +18,7 @@ from neve.benchmarks.datasets import (
     fashion_mnist,
 )
 from neve.benchmarks.episodes import (
+    BackboneFeatures,
     EpisodeResults,
     encode_episode,
     encode_episodes,
@@ -26,8 +36,19 @@ from neve.benchmarks.instance import (
     make_corruption,
     occlusion_radius,
 )
+from neve.benchmarks.si_blurry import si_blurry_benchmark, si_blurry_split
 
 __all__ = [
+    "si_blurry_benchmark",
+    "si_blurry_split",
+    "BoundaryAwareOnlineExperience",
+    "CurriculumDesigner",
+    "curriculum_benchmark",
+    "curriculum_score",
+    "score_orders",
+    "select_classes",
+    "split_online",
+    "BackboneFeatures",
     "EpisodeResults",
     "Occlusion",
     "PixelNoise",

@@ -1,9 +1,15 @@
 """Avalanche plugins of neve, and checkpointing that works under current torch."""
 
+from neve.plugins.analytic import AnalyticHeadPlugin
 from neve.plugins.checkpoint import (
     maybe_load_checkpoint,
     restore_submodule_attributes,
     save_checkpoint,
+)
+from neve.plugins.curriculum_metrics import (
+    CurriculumEffectiveness,
+    curriculum_effectiveness,
+    effectiveness_f,
 )
 from neve.plugins.slca import (
     ClassGaussianStats,
@@ -14,6 +20,10 @@ from neve.plugins.slca import (
 restore_submodule_attributes()
 
 __all__ = [
+    "AnalyticHeadPlugin",
+    "CurriculumEffectiveness",
+    "curriculum_effectiveness",
+    "effectiveness_f",
     "ClassGaussianStats",
     "ClassifierAlignmentPlugin",
     "SlowLearnerPlugin",
