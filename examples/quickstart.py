@@ -57,7 +57,23 @@ def naive_linear(feature_dim: int, num_classes: int, args, evaluator) -> Naive:
     )
 
 
-METHODS: dict[str, Callable] = {"naive": naive_linear}
+def analytic(feature_dim: int, num_classes: int, args, evaluator):
+    """ACIL / G-ACIL (neve): frozen features, 2048-unit random buffer, closed-form ridge head."""
+    from neve.strategies import AnalyticCIL
+
+    return AnalyticCIL(
+        torch.nn.Identity(),
+        feature_dim,
+        buffer_size=2048,
+        gamma=1.0,
+        train_mb_size=1024,
+        eval_mb_size=1024,
+        device=args.device,
+        evaluator=evaluator,
+    )
+
+
+METHODS: dict[str, Callable] = {"naive": naive_linear, "analytic": analytic}
 
 
 def run(method: str, bm, feature_dim: int, args) -> list[list[float]]:
