@@ -249,10 +249,24 @@ def _image_key(image: torch.Tensor) -> bytes:
     return hashlib.sha1(str(tuple(x.shape)).encode() + x.numpy().tobytes()).digest()
 
 
-class _FeatureMemo:
-    """Backbone features of images, memoised by the images' bytes (one episode run)."""
+class BackboneFeatures:
+    """Callable mapping images ``[B, C, H, W]`` to frozen-backbone features ``[B, D]``.
 
-    def __init__(self, backbone, device, batch_size: int, max_items: int) -> None:
+    Applies ``backbone.transform`` then ``backbone`` (eval mode, no gradients) and
+    memoises the features by the images' bytes (up to ``max_items``; 0 disables),
+    so an image met again (a support image in another presentation, the same
+    corrupted query...) is not encoded twice. Pass one instance to several
+    :func:`encode_episodes` calls to share the memo.
+    """
+
+    def __init__(
+        self,
+        backbone,
+        device: str | torch.device = "cpu",
+        batch_size: int = 256,
+        max_items: int = 50_000,
+    ) -> None:
+        backbone.eval().to(device).to(memory_format=torch.channels_last)
         self.backbone = backbone
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -316,7 +330,8 @@ def encode_episodes(
 
     Args:
         episodes: benchmarks or dicts of benchmarks (as :func:`run_episodes` takes).
-        backbone: a :class:`neve.models.Backbone` (or any module with ``.transform``).
+        backbone: a :class:`neve.models.Backbone` (or any module with ``.transform``),
+            or a :class:`BackboneFeatures` (whose memo is then shared).
         device: where the backbone runs.
         batch_size: images per forward pass.
         memo_items: features kept in the memo.
@@ -324,8 +339,11 @@ def encode_episodes(
     Yields:
         the episodes, with feature tensors ``[D]`` as inputs.
     """
-    backbone.eval().to(device).to(memory_format=torch.channels_last)
-    memo = _FeatureMemo(backbone, device, batch_size, memo_items)
+    memo = (
+        backbone
+        if isinstance(backbone, BackboneFeatures)
+        else BackboneFeatures(backbone, device, batch_size, memo_items)
+    )
     for episode in episodes:
         if isinstance(episode, Mapping):
             yield {k: encode_episode(bm, memo) for k, bm in episode.items()}
