@@ -19,7 +19,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 import time
 
 import numpy as np
@@ -157,7 +159,9 @@ def paper_experiment(per_class_train: int, per_class_test: int, seeds: int, devi
 
     classes = [0, 1, 2, 3, 4]
     train_full, test_full = fashion_mnist()
-    feats, labels = extract_features(pretrained_backbone(), train_full, progress=False)
+    with contextlib.redirect_stdout(sys.stderr):  # keep stdout pure JSON
+        backbone = pretrained_backbone()
+    feats, labels = extract_features(backbone, train_full, progress=False)
     designer = CurriculumDesigner(samples_per_class=500, seed=0).fit_features(feats, labels)
     orders, cd_scores = designer.rank(classes=classes, return_scores=True)
 
