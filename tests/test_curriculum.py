@@ -381,3 +381,50 @@ def test_bad_input_raises_clear_errors(digits_pair):
         curriculum_benchmark(train, test, ORDER, classes_per_experience=3)
     with pytest.raises(ValueError, match=r"classes \[11\] have no samples"):
         select_classes(train, [1, 11])
+
+
+def test_fit_on_a_dataset_with_a_custom_teacher(digits_pair):
+    train, _ = digits_pair
+    cd = CurriculumDesigner(
+        teacher=torch.nn.Flatten(), distance="euclidean", samples_per_class=None
+    ).fit(train, classes=[0, 3, 5])
+    x = train.data.flatten(1).double().numpy()
+    y = train.targets.numpy()
+    protos = np.stack([x[y == c].mean(0) for c in (0, 3, 5)])
+    want = np.linalg.norm(protos[:, None] - protos[None], axis=-1)
+    assert cd.classes_ == [0, 3, 5]
+    assert np.allclose(cd.distance_matrix.numpy(), want, atol=1e-6)
+
+
+def test_metric_on_the_online_stream_indexes_rows_by_origin_experience(digits_pair):
+    train, test = digits_pair
+    order = [2, 9, 4]
+    bm = curriculum_benchmark(
+        select_classes(train, order), select_classes(test, order), order, online=True, mb_size=16
+    )
+    RNGManager.set_random_seeds(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    metric = CurriculumEffectiveness()
+    strat = Naive(
+        model=model,
+        optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
+        criterion=torch.nn.CrossEntropyLoss(),
+        train_mb_size=16,
+        train_epochs=1,
+        evaluator=EvaluationPlugin(accuracy_metrics(experience=True), metric, loggers=[]),
+    )
+    acc = np.full((3, 3), np.nan)
+    for sub in bm.train_stream:
+        strat.train(sub)
+        if sub.is_last_subexp:  # the workaround makes this fire once per class
+            t = sub.origin_experience.current_experience
+            res = strat.eval(bm.test_stream)
+            acc[t] = [
+                res[f"Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp{j:03d}"] for j in range(3)
+            ]
+    assert not np.isnan(acc).any()
+    assert np.allclose(metric.accuracy_matrix("test"), acc)
+    alpha, beta, f = curriculum_effectiveness(acc)
+    assert res["CurriculumF/eval_phase/test_stream"] == pytest.approx(f)
+    assert res["CurriculumAlpha/eval_phase/test_stream"] == pytest.approx(alpha)
+    assert res["CurriculumBeta/eval_phase/test_stream"] == pytest.approx(beta)
