@@ -237,7 +237,8 @@ def score_orders(orders: np.ndarray, d: np.ndarray, var: np.ndarray) -> np.ndarr
 def all_orders(n: int) -> np.ndarray:
     """All ``n!`` permutations of ``range(n)`` as an ``[n!, n]`` int array (lexicographic)."""
     dtype = np.int16 if n < 2**15 else np.int64
-    return np.array(list(itertools.permutations(range(n))), dtype=dtype).reshape(-1, n)
+    flat = itertools.chain.from_iterable(itertools.permutations(range(n)))
+    return np.fromiter(flat, dtype=dtype, count=math.factorial(n) * n).reshape(-1, n)
 
 
 def beam_search_orders(
@@ -567,8 +568,7 @@ class CurriculumDesigner:
         orders, scores = rank_orders(
             d, var, top_k=top_k, search=search, beam_width=beam_width, seed=self.seed
         )
-        labels = np.asarray(classes)
-        result = [tuple(int(c) for c in labels[o]) for o in orders]
+        result = list(map(tuple, np.asarray(classes)[orders].tolist()))
         return (result, scores) if return_scores else result
 
     def best_order(self, classes: Sequence[int] | None = None) -> tuple[int, ...]:
@@ -683,7 +683,7 @@ def rank_orders(
     rank = np.argsort(-scores, kind="stable")
     if top_k is not None:
         rank = rank[: int(top_k)]
-    return orders[rank].astype(np.int64), scores[rank]
+    return orders[rank], scores[rank]
 
 
 # ----------------------------------------------------------------------------- benchmarks
