@@ -91,8 +91,8 @@ class CurriculumEffectiveness(PluginMetric[dict]):
         self._correct, self._total = {}, {}
 
     def result(self) -> dict:
-        """Accuracy of each experience of the evaluation in progress."""
-        return {j: self._correct[j] / self._total[j] for j in self._total if self._total[j]}
+        """Accuracy of each ``(stream name, experience)`` of the evaluation in progress."""
+        return {k: self._correct[k] / self._total[k] for k in self._total if self._total[k]}
 
     # -- callbacks
     def after_training_exp(self, strategy):
@@ -102,34 +102,39 @@ class CurriculumEffectiveness(PluginMetric[dict]):
         self.reset()
 
     def after_eval_iteration(self, strategy):
-        j = int(strategy.experience.current_experience)
+        exp = strategy.experience
+        key = (exp.origin_stream.name, int(exp.current_experience))
         pred = torch.as_tensor(strategy.mb_output).argmax(dim=1)
         y = torch.as_tensor(strategy.mb_y)
-        self._correct[j] = self._correct.get(j, 0) + int((pred == y).sum())
-        self._total[j] = self._total.get(j, 0) + int(y.numel())
+        self._correct[key] = self._correct.get(key, 0) + int((pred == y).sum())
+        self._total[key] = self._total.get(key, 0) + int(y.numel())
 
     def after_eval(self, strategy):
         if self.trained_upto < 0:
             return None
-        stream = strategy.experience.origin_stream.name
-        accs = self.result()
-        self.rows.setdefault(stream, {})[self.trained_upto] = accs
-        if 0 not in accs:
-            return None
-        if self.trained_upto == 0:
-            self.first_after_learning[stream] = accs[0]
-        if stream not in self.first_after_learning:
-            return None
-        seen = [accs[j] for j in range(self.trained_upto + 1) if j in accs]
-        alpha = float(np.mean(seen))
-        beta = self.first_after_learning[stream] - accs[0]
-        f = effectiveness_f(alpha, beta)
+        per_stream: dict[str, dict[int, float]] = {}
+        for (stream, j), acc in self.result().items():
+            per_stream.setdefault(stream, {})[j] = acc
+        values = []
         x = strategy.clock.train_iterations
-        return [
-            MetricValue(self, f"CurriculumAlpha/eval_phase/{stream}_stream", alpha, x),
-            MetricValue(self, f"CurriculumBeta/eval_phase/{stream}_stream", beta, x),
-            MetricValue(self, f"CurriculumF/eval_phase/{stream}_stream", f, x),
-        ]
+        for stream, accs in per_stream.items():
+            self.rows.setdefault(stream, {})[self.trained_upto] = accs
+            if 0 not in accs:
+                continue
+            if self.trained_upto == 0:
+                self.first_after_learning[stream] = accs[0]
+            if stream not in self.first_after_learning:
+                continue
+            seen = [accs[j] for j in range(self.trained_upto + 1) if j in accs]
+            alpha = float(np.mean(seen))
+            beta = self.first_after_learning[stream] - accs[0]
+            f = effectiveness_f(alpha, beta)
+            values += [
+                MetricValue(self, f"CurriculumAlpha/eval_phase/{stream}_stream", alpha, x),
+                MetricValue(self, f"CurriculumBeta/eval_phase/{stream}_stream", beta, x),
+                MetricValue(self, f"CurriculumF/eval_phase/{stream}_stream", f, x),
+            ]
+        return values or None
 
     def accuracy_matrix(self, stream: str = "test") -> np.ndarray:
         """``[T, E]`` accuracies measured on ``stream`` (NaN where not evaluated)."""
