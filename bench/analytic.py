@@ -15,8 +15,10 @@ at 64 px (1280-d, disk-cached by ``neve.models.extract_features``).
      (``reference_woodbury_fit`` below, written here, not neve's code), timed on
      the first ``woodbury_samples`` samples and scaled to 60,000 (its cost per
      batch is constant); the ratio reference / neve (target >= 3).
-   ``fit_without_projection_over_floor`` subtracts the buffer layer's own product
-   (``n x d x b``), which exceeds ``X^T X`` (``n x b x b``) when ``b < d = 1280``.
+   The fit's time is split into the buffer layer's product (``n x d x b``, more
+   than ``X^T X``'s ``n x b x b`` when ``b < d = 1280``), the statistics (BLAS
+   ``dsyrk``, half a product) and the solve; ``fit_without_projection_over_floor``
+   leaves out the first. The floor is the best of two runs.
 2. Split Fashion-MNIST (5 experiences x 2 classes, ``nc_benchmark`` seed 0, buffer
    2048, gamma 1):
    final accuracy of ``AnalyticCIL`` vs the joint closed-form solution (all data
@@ -87,21 +89,26 @@ def throughput(buffer_size: int, woodbury_samples: int) -> dict:
     buffer = BufferLayer(x.shape[1], buffer_size, seed=0)
     head = RecursiveLeastSquares(buffer_size, gamma=1.0)
     rss_before = peak_rss_mib()
+    project_s = 0.0
     t = time.perf_counter()
     for start in range(0, N_SAMPLES, FIT_BATCH):
-        head.partial_fit(buffer(x[start : start + FIT_BATCH]), y[start : start + FIT_BATCH])
+        t_p = time.perf_counter()
+        feats = buffer(x[start : start + FIT_BATCH])
+        project_s += time.perf_counter() - t_p
+        head.partial_fit(feats, y[start : start + FIT_BATCH])
     t_stats = time.perf_counter() - t
     weight = head.weight
     fit_s = time.perf_counter() - t
     rss_fit = peak_rss_mib()
 
-    t = time.perf_counter()
     feats = buffer(x)
-    project_s = time.perf_counter() - t
-    t = time.perf_counter()
-    gram = feats.T @ feats
-    floor_s = time.perf_counter() - t
-    del feats, gram
+    floor_s = float("inf")
+    for _ in range(2):  # best of two: the machine is shared
+        t = time.perf_counter()
+        gram = feats.T @ feats
+        floor_s = min(floor_s, time.perf_counter() - t)
+        del gram
+    del feats
 
     n_w = min(woodbury_samples, N_SAMPLES)
     t = time.perf_counter()
@@ -119,9 +126,9 @@ def throughput(buffer_size: int, woodbury_samples: int) -> dict:
         "samples": N_SAMPLES,
         "fit_seconds": round(fit_s, 3),
         "fit_samples_per_second": round(N_SAMPLES / fit_s, 1),
-        "statistics_seconds": round(t_stats, 3),
+        "buffer_projection_seconds": round(project_s, 3),
+        "statistics_seconds": round(t_stats - project_s, 3),
         "solve_seconds": round(fit_s - t_stats, 3),
-        "buffer_projection_seconds_all_data": round(project_s, 3),
         "floor_xtx_seconds": round(floor_s, 3),
         "fit_over_floor": round(fit_s / floor_s, 3),
         "fit_without_projection_over_floor": round((fit_s - project_s) / floor_s, 3),
@@ -207,6 +214,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--throughput", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--woodbury-samples", type=int, default=4096)
+    parser.add_argument("--skip-accuracy", action="store_true",
+                        help="only the throughput part")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     if args.throughput:
@@ -226,10 +235,11 @@ def main(argv: list[str] | None = None) -> dict:
         "torch_num_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "throughput": runs,
-        "split_fashion_mnist_5x2": split_accuracies(
-            1024 if args.quick else 2048, 100 if args.quick else 150
-        ),
     }
+    if not args.skip_accuracy:
+        result["split_fashion_mnist_5x2"] = split_accuracies(
+            1024 if args.quick else 2048, 100 if args.quick else 150
+        )
     print(json.dumps(result, indent=2))
     return result
 
