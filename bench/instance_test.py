@@ -91,9 +91,13 @@ def make_factory(method: str, n_classes: int, support_sets: int, args):
     raise ValueError(f"unknown method {method!r}")
 
 
-def run_grid(kind: str, presentations, episode_maker, features, args) -> dict:
-    """Encode each presentation's episodes once, then run every method on them."""
-    out = {}
+def run_grid(kind: str, presentations, episode_maker, features, args, partial=None) -> dict:
+    """Encode each presentation's episodes once, then run every method on them.
+
+    ``partial`` (a dict) receives the results as they come, and is written to
+    ``args.out`` after each method, so an interrupted run keeps what it measured.
+    """
+    out = partial.setdefault(kind, {}) if partial is not None else {}
     for pres in presentations:
         support_sets = int(pres.split("x")[0])
         n_classes = 20 if kind == "instance" else 10
@@ -107,12 +111,13 @@ def run_grid(kind: str, presentations, episode_maker, features, args) -> dict:
             if factory is None:
                 entry[method] = None
                 continue
-            threads = torch.get_num_threads()
-            torch.set_num_threads(args.train_threads)  # tiny matrices: 1 thread is fastest
             res = run_episodes(factory, episodes, name=f"{kind} {pres} {method}",
                                progress=not args.no_progress, total=len(episodes))
-            torch.set_num_threads(threads)
             entry[method] = res.to_dict(per_episode=args.out is not None)
+            out[pres] = entry
+            if args.out and partial is not None:
+                with open(args.out, "w") as fh:
+                    json.dump(partial, fh, indent=1)
             print(f"[{kind} {pres} {method}] " + ", ".join(
                 f"{c} {res.mean(c):.3f}" for c in res.accuracies
             ) + f" ({res.episodes_per_second:.2f} episodes/s)", file=sys.stderr)
@@ -167,7 +172,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=5, help="SGD steps per support set")
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--acil-buffer", type=int, default=512)
-    parser.add_argument("--train-threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads; 1 is fastest on a shared machine, where "
+                        "spinning threads of small batches fight for the cores")
     parser.add_argument("--acil-gamma", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -175,6 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     n = 10 if args.quick else args.episodes
+    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
 
     start = time.perf_counter()
@@ -194,10 +202,12 @@ def main(argv: list[str] | None = None) -> dict:
         return cfsl_episodes(test, n, n_classes=10, shots=2, support_sets=support_sets,
                              query_shots=2, seed=args.seed)
 
-    instance = run_grid("instance", args.presentations, instance_maker, features, args)
+    partial: dict = {"partial": True}
+    instance = run_grid("instance", args.presentations, instance_maker, features, args, partial)
     classes = None
     if not args.no_class_test:
-        classes = run_grid("class", args.class_presentations, class_maker, features, args)
+        classes = run_grid("class", args.class_presentations, class_maker, features, args,
+                           partial)
     result = {
         "config": {
             "dataset": "Fashion-MNIST test split (10,000 images)",
@@ -210,8 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
             "analytic": {"buffer_size": args.acil_buffer, "gamma": args.acil_gamma},
             "seed": args.seed,
             "device": args.device,
-            "torch_threads_encoding": torch.get_num_threads(),
-            "torch_threads_training": args.train_threads,
+            "torch_threads": args.threads,
         },
         "instance": instance,
         "class": classes,
