@@ -73,7 +73,30 @@ def analytic(feature_dim: int, num_classes: int, args, evaluator):
     )
 
 
-METHODS: dict[str, Callable] = {"naive": naive_linear, "analytic": analytic}
+def slca(feature_dim: int, num_classes: int, args, evaluator):
+    """SLCA (neve): classifier alignment on the frozen features (SGD 0.01 head).
+
+    The features here are fixed, so the model's ``features`` is ``nn.Identity``
+    and the slow learner has no backbone to slow down; examples/slca.py and
+    bench/slca.py fine-tune the backbone itself.
+    """
+    from neve.models import PretrainedClassifier
+    from neve.strategies import SLCA
+
+    model = PretrainedClassifier(torch.nn.Identity(), num_classes=2, feature_dim=feature_dim)
+    return SLCA(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
+        train_mb_size=64,
+        train_epochs=args.epochs,
+        eval_mb_size=1024,
+        device=args.device,
+        evaluator=evaluator,
+        alignment_batch_size=64,
+    )
+
+
+METHODS: dict[str, Callable] = {"naive": naive_linear, "analytic": analytic, "slca": slca}
 
 
 def run(method: str, bm, feature_dim: int, args) -> list[list[float]]:

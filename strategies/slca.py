@@ -41,6 +41,14 @@ class SLCA(Naive):
         ``lr``, ``temperature``, ``covariance``, ``keep_aligned``, ``batch_size``,
         ``ridge``, ``logit_norm``, ``seed``.
         features, head: attribute names on the model.
+        current_classes_loss: as the authors' code (each task's head is trained on
+            that task's logits only), the training loss is ``criterion`` over the
+            logits of the current experience's classes, targets re-indexed, and
+            samples of other classes ignored (target ``-100``, the default
+            ``ignore_index`` of ``CrossEntropyLoss``). Without it (False) the loss
+            is ``Naive``'s, over all logits, which pushes old classes' logits down
+            and leaves the alignment a much larger bias to undo. Evaluation
+            always uses all logits.
 
     Attributes:
         slow_learner, alignment: the two plugins.
@@ -72,8 +80,10 @@ class SLCA(Naive):
         alignment_seed: int = 0,
         features: str = "features",
         head: str = "classifier",
+        current_classes_loss: bool = True,
         **base_kwargs,
     ) -> None:
+        self.current_classes_loss = bool(current_classes_loss)
         self.slow_learner = SlowLearnerPlugin(backbone_lr_scale=backbone_lr_scale, head=head)
         self.alignment = ClassifierAlignmentPlugin(
             samples_per_class=samples_per_class,
@@ -104,3 +114,18 @@ class SLCA(Naive):
             eval_every=eval_every,
             **base_kwargs,
         )
+
+    def criterion(self):
+        """``criterion`` over the current experience's classes while training (see above)."""
+        if not (self.is_training and self.current_classes_loss):
+            return super().criterion()
+        classes = sorted(self.experience.classes_in_this_experience)
+        index = torch.tensor(classes, device=self.mb_output.device)
+        lookup = torch.full(
+            (max(self.mb_output.shape[1], max(classes) + 1),),
+            -100,
+            dtype=torch.long,
+            device=self.mb_output.device,
+        )
+        lookup[index] = torch.arange(len(classes), device=self.mb_output.device)
+        return self._criterion(self.mb_output.index_select(1, index), lookup[self.mb_y])

@@ -146,6 +146,27 @@ def test_samples_have_the_stored_mean_and_covariance():
     assert (off.abs() < 5 * cov_se).all()
 
 
+def test_low_rank_sampling_matches_the_stored_covariance():
+    # fewer samples than dimensions: the sampler uses the centred features, not a Cholesky
+    gen = torch.Generator().manual_seed(2)
+    d, n = 12, 8
+    feats = torch.randn(n, d, generator=gen) * torch.linspace(0.5, 2.0, d)
+    stats = ClassGaussianStats("full", 0.05)
+    stats.update(feats, torch.zeros(n, dtype=torch.long), group=0)
+    assert 0 in stats.low_rank and stats.low_rank[0].shape == (n, d)
+    sigma = stats.covs[0]
+    torch.testing.assert_close(
+        stats.low_rank[0].T @ stats.low_rank[0] + 0.05 * torch.eye(d, dtype=torch.float64), sigma
+    )
+    m = 200_000
+    x, _ = stats.sample(m, torch.Generator().manual_seed(5))
+    xd = x.double()
+    se = torch.sqrt(torch.diagonal(sigma) / m)
+    assert ((xd.mean(0) - stats.means[0]).abs() < 5 * se).all()
+    cov_se = torch.sqrt((torch.outer(torch.diagonal(sigma), torch.diagonal(sigma)) + sigma**2) / m)
+    assert ((torch.cov(xd.T) - sigma).abs() < 5 * cov_se).all()
+
+
 # ------------------------------------------------------------------ slow learner
 
 
@@ -283,7 +304,7 @@ def test_alignment_fits_sampled_features_better_than_chance():
     torch.manual_seed(0)
     head = torch.nn.Linear(64, 10)
     gen = torch.Generator().manual_seed(0)
-    align_head(head, stats, 256, 5, 0.01, 0.1, 32, 0.9, 5e-4, gen, "cpu")
+    align_head(head, stats, 96, 5, 0.01, 0.1, 16, 0.9, 5e-4, gen, "cpu")
     acc = (head(test.data.flatten(1)).argmax(1) == test.targets).float().mean().item()
     assert acc > 0.8
 
@@ -332,3 +353,33 @@ def test_model_without_contract_names_the_missing_attribute():
         SLCA(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
     with pytest.raises(ValueError, match="'classifier' for the head"):
         SLCA(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), features="0")
+
+
+def test_slca_training_loss_is_over_the_current_experience_classes(split_digits):
+    import torch.nn.functional as F
+
+    checked = []
+
+    class CheckLoss(SupervisedPlugin):
+        def before_backward(self, strategy, **kwargs):
+            classes = sorted(strategy.experience.classes_in_this_experience)
+            logits = strategy.mb_output[:, classes]
+            target = torch.tensor([classes.index(int(t)) for t in strategy.mb_y])
+            expected = F.cross_entropy(logits, target)
+            torch.testing.assert_close(strategy.loss.reshape(()), expected)
+            full = F.cross_entropy(strategy.mb_output, strategy.mb_y)
+            checked.append(not torch.allclose(full, expected))
+
+    torch.manual_seed(0)
+    model = PretrainedClassifier(bn_backbone(), num_classes=2, feature_dim=12)
+    strategy = SLCA(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
+        train_mb_size=64,
+        evaluator=silent_evaluator(),
+        plugins=[CheckLoss()],
+        alignment_epochs=0,
+    )
+    for exp in split_digits.train_stream[:2]:
+        strategy.train(exp)
+    assert len(checked) > 4 and all(checked[len(checked) // 2 :])  # 2nd experience: differs
