@@ -158,6 +158,25 @@ def shapes(instance: dict, classes: dict | None) -> dict:
         "instance": {p: gain(e) for p, e in instance.items()},
         "class": {p: gain(e) for p, e in (classes or {}).items()},
     }
+
+    def gap_closed(grid):
+        """(replay - tune) / (tune on one support set - tune): share of forgetting undone."""
+        single = next((e for p, e in grid.items() if p.startswith("1x")), None)
+        if not single or not single.get("tune"):
+            return {}
+        cond = "clean" if "clean" in single["tune"]["conditions"] else "test"
+        top = single["tune"]["conditions"][cond]["mean"]
+        out = {}
+        for p, e in grid.items():
+            g = gain(e)
+            if g is not None and top > e["tune"]["conditions"][cond]["mean"]:
+                out[p] = round(g / (top - e["tune"]["conditions"][cond]["mean"]), 4)
+        return out
+
+    summary["replay_gap_closed_for_tune_clean"] = {
+        "instance": gap_closed(instance),
+        "class": gap_closed(classes or {}),
+    }
     return summary
 
 
