@@ -93,9 +93,9 @@ def test_class_incremental_benchmark_and_woodbury_strategy(digit_features):
     train, test = digit_features
     bm = class_incremental_benchmark({"train": train, "test": test}, num_experiences=2, seed=1)
     strategy = AnalyticCIL(nn.Identity(), 64, buffer_size=128, gamma=2.0, method="woodbury",
-                           train_mb_size=64, evaluator=silent())
+                           train_mb_size=64, train_predictions=True, evaluator=silent())
     for exp in bm.train_stream:
-        strategy.train(exp)
+        strategy.train(exp)  # train_predictions: a prediction per mini-batch, W unchanged
     ref = scipy_ridge(
         np.maximum(train.data.double().numpy() @ strategy.model.buffer.weight.numpy(), 0),
         train.targets.numpy(), 2.0,
