@@ -24,6 +24,7 @@ share of the training time, and the process's peak memory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import resource
@@ -156,7 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     wall = time.perf_counter()
-    backbone = pretrained_backbone("efficientnet-lite0", input_size=args.input_size)
+    with contextlib.redirect_stdout(sys.stderr):  # the weights package prints a line
+        backbone = pretrained_backbone("efficientnet-lite0", input_size=args.input_size)
     full_train, full_test = fashion_mnist()
     results: dict = {m: [] for m in args.methods}
     for seed in args.seeds:
