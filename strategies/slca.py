@@ -45,10 +45,11 @@ class SLCA(Naive):
             that task's logits only), the training loss is ``criterion`` over the
             logits of the current experience's classes, targets re-indexed, and
             samples of other classes ignored (target ``-100``, the default
-            ``ignore_index`` of ``CrossEntropyLoss``). Without it (False) the loss
-            is ``Naive``'s, over all logits, which pushes old classes' logits down
-            and leaves the alignment a much larger bias to undo. Evaluation
-            always uses all logits.
+            ``ignore_index`` of ``CrossEntropyLoss``; a mini-batch with none of the
+            current classes, e.g. only replayed samples, gives a zero loss).
+            Without it (False) the loss is ``Naive``'s, over all logits, which
+            pushes old classes' logits down and leaves the alignment a much
+            larger bias to undo. Evaluation always uses all logits.
 
     Attributes:
         slow_learner, alignment: the two plugins.
@@ -128,4 +129,7 @@ class SLCA(Naive):
             device=self.mb_output.device,
         )
         lookup[index] = torch.arange(len(classes), device=self.mb_output.device)
-        return self._criterion(self.mb_output.index_select(1, index), lookup[self.mb_y])
+        logits, targets = self.mb_output.index_select(1, index), lookup[self.mb_y]
+        if not bool((targets >= 0).any()):  # no sample of the current classes: no signal
+            return logits.sum() * 0.0
+        return self._criterion(logits, targets)
