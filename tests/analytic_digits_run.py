@@ -16,9 +16,9 @@ from avalanche.benchmarks import nc_benchmark
 from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training.determinism.rng_manager import RNGManager
 from avalanche.training.plugins import EvaluationPlugin
+from resume_harness import train_with_checkpoint
 
 from neve.benchmarks import digits
-from neve.plugins import maybe_load_checkpoint, save_checkpoint
 from neve.strategies import AnalyticCIL
 
 
@@ -32,17 +32,7 @@ def main(mode: str, out: str, ckpt: str | None = None) -> None:
         backbone, 48, buffer_size=128, gamma=0.5, base_epochs=1, train_mb_size=32,
         eval_mb_size=256, evaluator=evaluator,
     )
-    start = 0
-    if mode == "resume":
-        strategy, start = maybe_load_checkpoint(strategy, ckpt)
-    stop = 3 if mode == "first" else 5
-    accs = {}
-    for i in range(start, stop):
-        strategy.train(bm.train_stream[i])
-        res = strategy.eval(bm.test_stream)
-        accs[i] = res["Top1_Acc_Stream/eval_phase/test_stream/Task000"]
-        if mode == "first" and i == 2:
-            save_checkpoint(strategy, ckpt)
+    strategy, accs = train_with_checkpoint(strategy, bm, mode, ckpt)
     torch.save(
         {
             "state": strategy.model.state_dict(),

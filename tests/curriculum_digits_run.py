@@ -14,9 +14,10 @@ from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training.determinism.rng_manager import RNGManager
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.supervised import Naive
+from resume_harness import train_with_checkpoint
 
 from neve.benchmarks import curriculum_benchmark, digits
-from neve.plugins import CurriculumEffectiveness, maybe_load_checkpoint, save_checkpoint
+from neve.plugins import CurriculumEffectiveness
 
 ORDER = [3, 7, 1, 9, 0, 2, 4, 5, 6, 8]
 
@@ -40,17 +41,9 @@ def main(mode: str, out: str, ckpt: str | None = None) -> None:
         eval_mb_size=64,
         evaluator=evaluator,
     )
-    start = 0
-    if mode == "resume":
-        strategy, start = maybe_load_checkpoint(strategy, ckpt)
-    stop = 3 if mode == "first" else 5
-    fs = {}
-    for i in range(start, stop):
-        strategy.train(bm.train_stream[i])
-        res = strategy.eval(bm.test_stream)
-        fs[i] = res["CurriculumF/eval_phase/test_stream"]
-        if mode == "first" and i == 2:
-            save_checkpoint(strategy, ckpt)
+    strategy, fs = train_with_checkpoint(
+        strategy, bm, mode, ckpt, metric="CurriculumF/eval_phase/test_stream"
+    )
     torch.save({"state": strategy.model.state_dict(), "fs": fs}, out)
 
 

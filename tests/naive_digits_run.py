@@ -15,9 +15,9 @@ from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training.determinism.rng_manager import RNGManager
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.supervised import Naive
+from resume_harness import train_with_checkpoint
 
 from neve.benchmarks import digits
-from neve.plugins import maybe_load_checkpoint, save_checkpoint
 
 
 def main(mode: str, out: str, ckpt: str | None = None) -> None:
@@ -37,17 +37,7 @@ def main(mode: str, out: str, ckpt: str | None = None) -> None:
         eval_mb_size=64,
         evaluator=evaluator,
     )
-    start = 0
-    if mode == "resume":
-        strategy, start = maybe_load_checkpoint(strategy, ckpt)
-    stop = 3 if mode == "first" else 5
-    accs = {}
-    for i in range(start, stop):
-        strategy.train(bm.train_stream[i])
-        res = strategy.eval(bm.test_stream)
-        accs[i] = res["Top1_Acc_Stream/eval_phase/test_stream/Task000"]
-        if mode == "first" and i == 2:
-            save_checkpoint(strategy, ckpt)
+    strategy, accs = train_with_checkpoint(strategy, bm, mode, ckpt)
     torch.save({"state": strategy.model.state_dict(), "accs": accs}, out)
 
 

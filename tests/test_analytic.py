@@ -1,7 +1,5 @@
 """ACIL / G-ACIL: the closed-form head equals the joint ridge solution, computed independently."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ from avalanche.benchmarks import class_incremental_benchmark, nc_benchmark
 from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.supervised import Naive
+from resume_harness import run_full_and_resumed
 from torch import nn
 
 from neve.benchmarks import LabelledTensorDataset, class_balanced_subset, digits
@@ -227,17 +226,7 @@ def test_base_epochs_trains_backbone_once_then_freezes(digit_features):
 
 
 def test_checkpoint_resume_ends_where_uninterrupted_run_ends(tmp_path):
-    full, resumed, ckpt = tmp_path / "full.pt", tmp_path / "resumed.pt", tmp_path / "ck.pkl"
-
-    def run(*args):
-        subprocess.run([sys.executable, str(RUN), *map(str, args)], check=True,
-                       capture_output=True)
-
-    run("full", full)
-    run("first", tmp_path / "first.pt", ckpt)
-    run("resume", resumed, ckpt)
-    a = torch.load(full, weights_only=True)
-    b = torch.load(resumed, weights_only=True)
+    a, b = run_full_and_resumed(RUN, tmp_path)
     assert sorted(b["accs"]) == [3, 4]
     assert torch.equal(a["weight"], b["weight"])
     for k, v in a["state"].items():

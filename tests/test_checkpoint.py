@@ -1,26 +1,15 @@
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
+from resume_harness import run_full_and_resumed
 
 from neve.plugins import restore_submodule_attributes
 
 RUN = Path(__file__).with_name("naive_digits_run.py")
 
 
-def _run(*args):
-    subprocess.run([sys.executable, str(RUN), *map(str, args)], check=True, capture_output=True)
-
-
 def test_resumed_run_ends_exactly_where_uninterrupted_run_ends(tmp_path):
-    full, resumed, ckpt = tmp_path / "full.pt", tmp_path / "resumed.pt", tmp_path / "ck.pkl"
-    _run("full", full)
-    _run("first", tmp_path / "first.pt", ckpt)
-    assert ckpt.is_file()
-    _run("resume", resumed, ckpt)  # a new process
-    a = torch.load(full, weights_only=True)
-    b = torch.load(resumed, weights_only=True)
+    a, b = run_full_and_resumed(RUN, tmp_path)
     assert sorted(b["accs"]) == [3, 4]
     for k in a["state"]:
         assert torch.equal(a["state"][k], b["state"][k]), k

@@ -1,8 +1,6 @@
 """Curriculum Designer: scores, ranking, search, benchmarks, F metric, bad input."""
 
 import itertools
-import subprocess
-import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from avalanche.training.determinism.rng_manager import RNGManager
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.supervised import Naive
 from avalanche.training.utils import _at_task_boundary
+from resume_harness import run_full_and_resumed
 
 from neve.benchmarks import CurriculumDesigner, curriculum_benchmark, select_classes, split_online
 from neve.benchmarks.curriculum import (
@@ -316,16 +315,7 @@ def test_metric_reports_f_from_avalanche_accuracies(digits_pair):
 
 
 def test_resumed_run_reports_the_same_f_and_weights(tmp_path):
-    run = Path(__file__).with_name("curriculum_digits_run.py")
-
-    def go(*args):
-        subprocess.run([sys.executable, str(run), *map(str, args)], check=True, capture_output=True)
-
-    full, resumed, ckpt = tmp_path / "full.pt", tmp_path / "resumed.pt", tmp_path / "ck.pkl"
-    go("full", full)
-    go("first", tmp_path / "first.pt", ckpt)
-    go("resume", resumed, ckpt)
-    a, b = torch.load(full, weights_only=True), torch.load(resumed, weights_only=True)
+    a, b = run_full_and_resumed(Path(__file__).with_name("curriculum_digits_run.py"), tmp_path)
     assert sorted(b["fs"]) == [3, 4]
     for k in a["state"]:
         assert torch.equal(a["state"][k], b["state"][k]), k

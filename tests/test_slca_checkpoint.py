@@ -1,27 +1,17 @@
 """SLCA state survives neve's checkpointing: a resumed run ends exactly where a full one ends."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
+from resume_harness import run_full_and_resumed
 
 from neve.plugins import ClassifierAlignmentPlugin, SlowLearnerPlugin
 
 RUN = Path(__file__).with_name("slca_digits_run.py")
 
 
-def _run(*args):
-    subprocess.run([sys.executable, str(RUN), *map(str, args)], check=True, capture_output=True)
-
-
 def test_resumed_slca_run_ends_exactly_where_uninterrupted_run_ends(tmp_path):
-    full, resumed, ckpt = tmp_path / "full.pt", tmp_path / "resumed.pt", tmp_path / "ck.pkl"
-    _run("full", full)
-    _run("first", tmp_path / "first.pt", ckpt)
-    _run("resume", resumed, ckpt)  # a new process
-    a = torch.load(full, weights_only=True)
-    b = torch.load(resumed, weights_only=True)
+    a, b = run_full_and_resumed(RUN, tmp_path)
     assert sorted(b["accs"]) == [3, 4]
     for k in a["state"]:
         assert torch.equal(a["state"][k], b["state"][k]), k
