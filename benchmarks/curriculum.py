@@ -104,6 +104,18 @@ def check_order(
     return order
 
 
+def _features_and_targets(features, targets) -> tuple[torch.Tensor, torch.Tensor]:
+    """``features`` as an ``[N, D]`` tensor and ``targets`` as ``[N]`` int64, or a ValueError."""
+    features = torch.as_tensor(features)
+    targets = torch.as_tensor(targets).long()
+    if features.dim() != 2 or features.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"features must be [N, D] and targets [N], got {tuple(features.shape)} and "
+            f"{tuple(targets.shape)}"
+        )
+    return features, targets
+
+
 def class_prototypes(
     features: torch.Tensor, targets: torch.Tensor, classes: Sequence[int]
 ) -> torch.Tensor:
@@ -120,13 +132,7 @@ def class_prototypes(
     Raises:
         ValueError: a class of ``classes`` has no sample in ``targets``.
     """
-    features = torch.as_tensor(features)
-    targets = torch.as_tensor(targets).long()
-    if features.dim() != 2 or features.shape[0] != targets.shape[0]:
-        raise ValueError(
-            f"features must be [N, D] and targets [N], got {tuple(features.shape)} and "
-            f"{tuple(targets.shape)}"
-        )
+    features, targets = _features_and_targets(features, targets)
     counts = [int((targets == c).sum()) for c in classes]
     empty = [c for c, k in zip(classes, counts, strict=True) if k == 0]
     if empty:
@@ -429,13 +435,7 @@ class CurriculumDesigner:
         ``samples_per_class`` of each class are drawn (seeded) before averaging.
         """
         self._check_params()
-        features = torch.as_tensor(features)
-        targets = torch.as_tensor(targets).long()
-        if features.dim() != 2 or features.shape[0] != targets.shape[0]:
-            raise ValueError(
-                f"features must be [N, D] and targets [N], got {tuple(features.shape)} and "
-                f"{tuple(targets.shape)}"
-            )
+        features, targets = _features_and_targets(features, targets)
         classes = self._resolve_classes(targets, classes)
         keep = self._subsample(targets, classes)
         protos = class_prototypes(features[keep], targets[keep], classes)
