@@ -54,21 +54,23 @@ def one_hot(labels: torch.Tensor, num_classes: int, dtype=torch.float64) -> torc
 
 
 def accumulate_statistics(
-    gram: torch.Tensor, cross: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    gram: torch.Tensor, cross: torch.Tensor, x: torch.Tensor, labels: torch.Tensor
 ) -> None:
     """Add one batch to the sufficient statistics, in place.
 
-    ``gram += X^T X`` (``[b, b]``) and ``cross += X^T Y`` (``[b, C]``), the two sums
-    whose ridge solution is the joint ``W`` (ACIL eq. 6). Only the *lower triangle*
-    of ``gram`` is meaningful: on CPU the symmetric product is BLAS ``dsyrk``
-    (half the flops of a general matrix product, written straight into ``gram``);
-    elsewhere it is ``addmm`` (both triangles).
+    ``gram += X^T X`` (``[b, b]``) and ``cross += X^T Y`` (``[b, C]``) with ``Y`` the
+    one-hot targets of ``labels``: the two sums whose ridge solution is the joint
+    ``W`` (ACIL eq. 6). Only the *lower triangle* of ``gram`` is meaningful: on CPU
+    the symmetric product is BLAS ``dsyrk`` (half the flops of a general matrix
+    product, written straight into ``gram``) and ``X^T Y`` is a per-class row sum
+    (``index_add``, one pass over ``X``, 10x faster than a skinny product);
+    elsewhere both are ``addmm`` (deterministic on CUDA, unlike ``index_add``).
 
     Args:
         gram: ``A``, ``[b, b]`` float64, contiguous.
         cross: ``C``, ``[b, C]`` float64.
         x: buffer features ``X`` ``[n, b]`` float64.
-        y: one-hot targets ``Y`` ``[n, C]`` float64.
+        labels: ``[n]`` integer labels in ``[0, C)``.
     """
     if x.shape[0] == 0:
         return
@@ -79,9 +81,11 @@ def accumulate_statistics(
         # gram^T is the lower triangle of gram. dsyrk(trans=0) adds X^T (X^T)^T = X^T X.
         out = gram.numpy().T
         dsyrk(1.0, x.contiguous().numpy().T, beta=1.0, c=out, trans=0, lower=0, overwrite_c=1)
+        sums = torch.zeros(cross.shape[1], cross.shape[0], dtype=cross.dtype)
+        cross += sums.index_add_(0, labels, x.to(cross.dtype)).T
     else:
         gram.addmm_(x.T, x)
-    cross.addmm_(x.T, y)
+        cross.addmm_(x.T, one_hot(labels, cross.shape[1], dtype=cross.dtype))
 
 
 def symmetric_from_lower(gram: torch.Tensor) -> torch.Tensor:
@@ -159,7 +163,9 @@ def _check_features(x: torch.Tensor, in_features: int, name: str = "x") -> str |
         )
     if not x.dtype.is_floating_point:
         return f"{name} must be a floating-point tensor, got {x.dtype}"
-    if x.numel() and not bool(torch.isfinite(x).all()):
+    # a NaN or inf anywhere makes the sum non-finite: one cheap reduction suffices
+    # unless the sum is not finite, when finite but huge values may have overflowed it
+    if x.numel() and not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
         return f"{name} (features) contains NaN or inf values"
     return None
 
@@ -193,20 +199,41 @@ class BufferLayer(nn.Module):
     from ``seed`` (from torch's global generator when ``seed`` is None), and kept
     as a buffer: it is saved in ``state_dict`` and never trained.
 
+    The output is float64 either way. ``projection_dtype=torch.float32`` computes
+    the product ``x W_B`` in float32 (with ``W_B`` rounded to float32) and casts the
+    result: about 2.4x faster on CPU, and the product costs ``n d b`` flops, more
+    than the statistics' ``n b^2 / 2`` when ``b < 2 d``. The buffer features then
+    differ from the float64 ones by about 1e-6 relative; the classifier is still
+    the exact ridge solution *for the features it was given*, so the incremental
+    and joint solutions stay equal.
+
     Args:
         in_features: size ``d`` of the backbone's features.
         buffer_size: size ``b`` of the buffer features.
         seed: seed of ``W_B``.
+        projection_dtype: ``torch.float64`` (default) or ``torch.float32``, the
+            precision of the product ``x W_B``.
     """
 
-    def __init__(self, in_features: int, buffer_size: int, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        buffer_size: int,
+        seed: int | None = None,
+        projection_dtype: torch.dtype = torch.float64,
+    ) -> None:
         super().__init__()
         if int(in_features) < 1:
             raise ValueError(f"in_features must be >= 1, got {in_features}")
         if int(buffer_size) < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+        if projection_dtype not in (torch.float32, torch.float64):
+            raise ValueError(
+                f"projection_dtype must be torch.float32 or torch.float64, got {projection_dtype!r}"
+            )
         self.in_features = int(in_features)
         self.buffer_size = int(buffer_size)
+        self.projection_dtype = projection_dtype
         gen = None if seed is None else torch.Generator().manual_seed(int(seed))
         weight = torch.randn(
             self.in_features, self.buffer_size, generator=gen, dtype=torch.float64
@@ -218,10 +245,14 @@ class BufferLayer(nn.Module):
         error = _check_features(x, self.in_features, "x (backbone features)")
         if error is not None:
             raise ValueError(error)
-        return torch.relu(x.to(self.weight.dtype) @ self.weight)
+        dtype = self.projection_dtype
+        return torch.relu(x.to(dtype) @ self.weight.to(dtype)).to(torch.float64)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, buffer_size={self.buffer_size}"
+        return (
+            f"in_features={self.in_features}, buffer_size={self.buffer_size}, "
+            f"projection_dtype={self.projection_dtype}"
+        )
 
 
 class RecursiveLeastSquares(nn.Module):
@@ -354,12 +385,11 @@ class RecursiveLeastSquares(nn.Module):
         x = x.to(device=dev, dtype=torch.float64)
         y = y.to(device=dev, dtype=torch.long)
         self._grow(max_label + 1)
-        targets = one_hot(y, self.num_classes)
         if self.method == "accumulate":
             if distributed:
                 gram = torch.zeros_like(self.gram)
                 cross = torch.zeros_like(self.cross)
-                accumulate_statistics(gram, cross, x, targets)
+                accumulate_statistics(gram, cross, x, y)
                 count = torch.tensor(float(x.shape[0]), dtype=torch.float64, device=dev)
                 for t in (gram, cross, count):
                     torch.distributed.all_reduce(t)
@@ -367,12 +397,12 @@ class RecursiveLeastSquares(nn.Module):
                 self.cross += cross
                 self.num_seen += int(count.round())
             else:
-                accumulate_statistics(self.gram, self.cross, x, targets)
+                accumulate_statistics(self.gram, self.cross, x, y)
                 self.num_seen += x.shape[0]
         else:
             if x.shape[0]:
                 self.inverse, self.recursive_weight = woodbury_update(
-                    self.inverse, self.recursive_weight, x, targets
+                    self.inverse, self.recursive_weight, x, one_hot(y, self.num_classes)
                 )
             self.num_seen += x.shape[0]
         self._solved = None
@@ -409,8 +439,8 @@ class AnalyticClassifier(nn.Module):
         backbone: maps a batch of the dataset's inputs to ``[n, feature_dim]``
             (``nn.Identity()`` for precomputed features).
         feature_dim: the backbone's output size.
-        buffer_size, gamma, seed, method: of :class:`BufferLayer` and
-            :class:`RecursiveLeastSquares`.
+        buffer_size, gamma, seed, method, projection_dtype: of :class:`BufferLayer`
+            and :class:`RecursiveLeastSquares`.
 
     ``forward`` returns float32 logits ``[n, max(1, num_classes)]`` (a single zero
     column before any class is learned, so Avalanche's metrics still work).
@@ -424,13 +454,16 @@ class AnalyticClassifier(nn.Module):
         gamma: float = 1.0,
         seed: int | None = 0,
         method: str = "accumulate",
+        projection_dtype: torch.dtype = torch.float64,
     ) -> None:
         super().__init__()
         if not isinstance(backbone, nn.Module):
             raise ValueError(f"backbone must be an nn.Module, got {type(backbone).__name__}")
         self.backbone = backbone
         self.feature_dim = int(feature_dim)
-        self.buffer = BufferLayer(feature_dim, buffer_size, seed=seed)
+        self.buffer = BufferLayer(
+            feature_dim, buffer_size, seed=seed, projection_dtype=projection_dtype
+        )
         self.head = RecursiveLeastSquares(buffer_size, gamma=gamma, method=method)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

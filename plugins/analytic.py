@@ -45,6 +45,8 @@ class AnalyticHeadPlugin(SupervisedPlugin):
         seed: seed of the buffer layer's random weights.
         batch_size: mini-batch size of the fitting pass (default: the strategy's
             ``eval_mb_size``).
+        projection_dtype: precision of the buffer layer's product, ``torch.float64``
+            (default) or ``torch.float32`` (faster), see :class:`neve.models.BufferLayer`.
 
     Raises:
         ValueError: when the model has no such sub-module, or its output is not
@@ -58,11 +60,13 @@ class AnalyticHeadPlugin(SupervisedPlugin):
         features: str | Callable[[torch.Tensor], torch.Tensor] | None = None,
         seed: int = 0,
         batch_size: int | None = None,
+        projection_dtype: torch.dtype = torch.float64,
     ) -> None:
         super().__init__()
         if int(buffer_size) < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
         RecursiveLeastSquares(1, gamma)  # validates gamma
+        BufferLayer(1, 1, projection_dtype=projection_dtype)  # validates projection_dtype
         if features is not None and not (isinstance(features, str) or callable(features)):
             raise ValueError(
                 f"features must be None, an attribute name or a callable, got {type(features)}"
@@ -74,6 +78,7 @@ class AnalyticHeadPlugin(SupervisedPlugin):
         self.features = features
         self.seed = int(seed)
         self.batch_size = batch_size
+        self.projection_dtype = projection_dtype
         self.buffer: BufferLayer | None = None
         self.head: RecursiveLeastSquares | None = None
 
@@ -132,7 +137,9 @@ class AnalyticHeadPlugin(SupervisedPlugin):
         self.head.load_state_dict(state["head"])
 
     def _build(self, in_features: int, device: torch.device) -> None:
-        self.buffer = BufferLayer(in_features, self.buffer_size, seed=self.seed).to(device)
+        self.buffer = BufferLayer(
+            in_features, self.buffer_size, seed=self.seed, projection_dtype=self.projection_dtype
+        ).to(device)
         self.head = RecursiveLeastSquares(self.buffer_size, self.gamma).to(device)
 
     # -- hooks -------------------------------------------------------------------------

@@ -48,6 +48,8 @@ class AnalyticCIL(SupervisedTemplate):
         buffer_seed: seed of the buffer layer's random weights.
         method: ``"accumulate"`` (default) or ``"woodbury"``, see
             :class:`neve.models.RecursiveLeastSquares`.
+        projection_dtype: precision of the buffer layer's product, ``torch.float64``
+            (default) or ``torch.float32`` (faster), see :class:`neve.models.BufferLayer`.
         train_predictions: if True, each training mini-batch's ``mb_output`` is the
             head's prediction *before* the batch is learned (one linear solve per
             mini-batch: slow for large buffers). If False (default), ``mb_output``
@@ -69,6 +71,7 @@ class AnalyticCIL(SupervisedTemplate):
         base_lr: float = 0.01,
         buffer_seed: int = 0,
         method: str = "accumulate",
+        projection_dtype: torch.dtype = torch.float64,
         train_predictions: bool = False,
         criterion: nn.Module | None = None,
         train_mb_size: int = 256,
@@ -84,7 +87,13 @@ class AnalyticCIL(SupervisedTemplate):
         if not base_lr > 0:
             raise ValueError(f"base_lr must be > 0, got {base_lr}")
         model = AnalyticClassifier(
-            backbone, feature_dim, buffer_size, gamma=gamma, seed=buffer_seed, method=method
+            backbone,
+            feature_dim,
+            buffer_size,
+            gamma=gamma,
+            seed=buffer_seed,
+            method=method,
+            projection_dtype=projection_dtype,
         )
         super().__init__(
             model=model,

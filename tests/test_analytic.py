@@ -165,6 +165,35 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_float32_projection_stays_exact_for_its_own_features(digit_features):
+    train, test = digit_features
+    bm = nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=0)
+    strategy = AnalyticCIL(nn.Identity(), 64, buffer_size=256, gamma=1.0, train_mb_size=41,
+                           projection_dtype=torch.float32, evaluator=silent())
+    for exp in bm.train_stream:
+        strategy.train(exp)
+    buffer = strategy.model.buffer
+    x = train.data.double()
+    feats = buffer(x)
+    assert feats.dtype == torch.float64
+    # the product is float32: close to, but not bitwise, the float64 one
+    exact = torch.relu(x @ buffer.weight)
+    assert 0 < rel_err(feats, exact.numpy()) <= 1e-6
+    # the incremental head is the joint ridge solution on the features it was given
+    ref = scipy_ridge(feats.numpy(), train.targets.numpy(), 1.0)
+    assert rel_err(strategy.head.weight, ref) <= 1e-8
+    # and predicts like the float64 head
+    w64 = scipy_ridge(exact.numpy(), train.targets.numpy(), 1.0)
+    pred32 = strategy.model(test.data).argmax(1).numpy()
+    pred64 = (torch.relu(test.data.double() @ buffer.weight).numpy() @ w64).argmax(1)
+    assert (pred32 == pred64).mean() >= 0.99
+    for bad in (torch.float16, torch.int64, "float32"):
+        with pytest.raises(ValueError, match="projection_dtype"):
+            BufferLayer(4, 4, projection_dtype=bad)
+        with pytest.raises(ValueError, match="projection_dtype"):
+            AnalyticHeadPlugin(projection_dtype=bad)
+
+
 def test_bad_inputs_raise_and_leave_state_unchanged(digit_features):
     for gamma in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="gamma"):
