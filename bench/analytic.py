@@ -18,9 +18,9 @@ at 64 px (1280-d, disk-cached by ``neve.models.extract_features``).
      the first ``woodbury_samples`` samples and scaled to 60,000 (its cost per
      batch is constant); the ratio reference / neve (target >= 3).
    The fit's time is split into the buffer layer's product (``n x d x b``, more
-   than ``X^T X``'s ``n x b x b`` when ``b < d = 1280``), the statistics (BLAS
-   ``dsyrk``, half a product) and the solve; ``fit_without_projection_over_floor``
-   leaves out the first. The floor is the best of two runs.
+   than ``X^T X``'s ``n x b x b`` when ``b < d = 1280``), the statistics (the lower
+   triangle by blocks, 0.56 to 0.75 of a product) and the solve;
+   ``fit_without_projection_over_floor`` leaves out the first. The floor is the best of two runs.
 2. Split Fashion-MNIST (5 experiences x 2 classes, ``nc_benchmark`` seed 0, buffer
    2048, gamma 1):
    final accuracy of ``AnalyticCIL`` vs the joint closed-form solution (all data
@@ -33,6 +33,7 @@ at 64 px (1280-d, disk-cached by ``neve.models.extract_features``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import subprocess
@@ -51,7 +52,8 @@ def load_features():
     from neve.benchmarks import fashion_mnist
     from neve.models import extract_features, pretrained_backbone
 
-    backbone = pretrained_backbone("efficientnet-lite0", input_size=64)
+    with contextlib.redirect_stdout(sys.stderr):  # the weights package prints a line
+        backbone = pretrained_backbone("efficientnet-lite0", input_size=64)
     train, test = fashion_mnist()
     xtr, ytr = extract_features(backbone, train, progress=False)
     xte, yte = extract_features(backbone, test, progress=False)

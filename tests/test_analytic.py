@@ -16,6 +16,7 @@ from torch import nn
 from neve.benchmarks import LabelledTensorDataset, class_balanced_subset, digits
 from neve.benchmarks.si_blurry import si_blurry_benchmark, si_blurry_split
 from neve.models import BufferLayer, RecursiveLeastSquares
+from neve.models.analytic import add_lower_gram, symmetric_from_lower
 from neve.plugins.analytic import AnalyticHeadPlugin
 from neve.strategies import AnalyticCIL
 
@@ -163,6 +164,17 @@ def _state(module: nn.Module) -> dict:
 
 def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_add_lower_gram_matches_the_full_product_below_the_diagonal():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(30, 11, generator=gen, dtype=torch.float64)
+    full = x.T @ x
+    for blocks in (None, 1, 2, 3, 5, 11, 40):
+        gram = torch.full((11, 11), 7.0, dtype=torch.float64)
+        add_lower_gram(gram, x, blocks)
+        torch.testing.assert_close(torch.tril(gram), torch.tril(full + 7.0), rtol=1e-12, atol=0)
+        torch.testing.assert_close(symmetric_from_lower(gram), full + 7.0, rtol=1e-12, atol=0)
 
 
 def test_float32_projection_stays_exact_for_its_own_features(digit_features):
