@@ -93,16 +93,22 @@ def throughput(buffer_size: int, woodbury_samples: int, projection: str = "float
     buffer = BufferLayer(x.shape[1], buffer_size, seed=0, projection_dtype=dtype)
     head = RecursiveLeastSquares(buffer_size, gamma=1.0)
     rss_before = peak_rss_mib()
-    project_s = 0.0
-    t = time.perf_counter()
-    for start in range(0, N_SAMPLES, FIT_BATCH):
-        t_p = time.perf_counter()
-        feats = buffer(x[start : start + FIT_BATCH])
-        project_s += time.perf_counter() - t_p
-        head.partial_fit(feats, y[start : start + FIT_BATCH])
-    t_stats = time.perf_counter() - t
-    weight = head.weight
-    fit_s = time.perf_counter() - t
+    best = None
+    for _ in range(2):  # best of two, like the floor: the machine is shared
+        head = RecursiveLeastSquares(buffer_size, gamma=1.0)
+        project_s = 0.0
+        t = time.perf_counter()
+        for start in range(0, N_SAMPLES, FIT_BATCH):
+            t_p = time.perf_counter()
+            feats = buffer(x[start : start + FIT_BATCH])
+            project_s += time.perf_counter() - t_p
+            head.partial_fit(feats, y[start : start + FIT_BATCH])
+        t_stats = time.perf_counter() - t
+        weight = head.weight
+        fit_s = time.perf_counter() - t
+        if best is None or fit_s < best[0]:
+            best = (fit_s, project_s, t_stats)
+    fit_s, project_s, t_stats = best
     rss_fit = peak_rss_mib()
 
     feats = buffer(x)
