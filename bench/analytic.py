@@ -20,7 +20,8 @@ at 64 px (1280-d, disk-cached by ``neve.models.extract_features``).
    The fit's time is split into the buffer layer's product (``n x d x b``, more
    than ``X^T X``'s ``n x b x b`` when ``b < d = 1280``), the statistics (the lower
    triangle by blocks, 0.56 to 0.75 of a product) and the solve;
-   ``fit_without_projection_over_floor`` leaves out the first. The floor is the best of two runs.
+   ``fit_without_projection_over_floor`` leaves out the first. The fit and the floor
+   are each the best of two runs.
 2. Split Fashion-MNIST (5 experiences x 2 classes, ``nc_benchmark`` seed 0, buffer
    2048, gamma 1):
    final accuracy of ``AnalyticCIL`` vs the joint closed-form solution (all data
@@ -91,7 +92,6 @@ def throughput(buffer_size: int, woodbury_samples: int, projection: str = "float
     x, y = xtr[:N_SAMPLES].contiguous(), ytr[:N_SAMPLES]
     dtype = getattr(torch, projection)
     buffer = BufferLayer(x.shape[1], buffer_size, seed=0, projection_dtype=dtype)
-    head = RecursiveLeastSquares(buffer_size, gamma=1.0)
     rss_before = peak_rss_mib()
     best = None
     for _ in range(2):  # best of two, like the floor: the machine is shared

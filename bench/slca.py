@@ -15,7 +15,8 @@ JSON per method: last accuracy (all 10 test classes after the 5th experience),
 average accuracy (mean over experiences of the accuracy on the test classes seen
 so far, the paper's Inc-Acc), mean and std over seeds, train wall time, the
 alignment step's wall time (feature pass + statistics + head re-training) and its
-share of the training time, and the process's peak memory.
+share of the training time (the share of the statistics alone, SLCA's step 2, and
+of the head re-training, step 3, beside it), and the process's peak memory.
 
     nice -n 10 python bench/slca.py --quick      # small, minutes
     nice -n 10 python bench/slca.py              # larger (see --help)
@@ -127,6 +128,9 @@ def summarise(runs: list[dict]) -> dict:
     if "alignment_s" in runs[0]:
         share = [r["alignment_s"] / r["train_s"] for r in runs]
         out["alignment_share_of_train_time"] = round(float(np.mean(share)), 4)
+        stats = [r["statistics_s"] / r["train_s"] for r in runs]
+        out["of_which_statistics_share"] = round(float(np.mean(stats)), 4)
+        out["of_which_head_retraining_share"] = round(float(np.mean(share) - np.mean(stats)), 4)
     out["per_seed_last"] = [round(r["last"], 4) for r in runs]
     return out
 
@@ -134,7 +138,7 @@ def summarise(runs: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small subsets, for a check")
-    parser.add_argument("--train-per-class", type=int, default=200)
+    parser.add_argument("--train-per-class", type=int, default=500)
     parser.add_argument("--test-per-class", type=int, default=200)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
