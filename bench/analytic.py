@@ -220,6 +220,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--woodbury-samples", type=int, default=4096)
     parser.add_argument("--skip-accuracy", action="store_true",
                         help="only the throughput part")
+    parser.add_argument("--skip-throughput", action="store_true",
+                        help="only the accuracy part")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     if args.throughput:
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(result))
         return result
 
-    sizes = [1024] if args.quick else [1024, 2048, 4096]
+    sizes = [] if args.skip_throughput else [1024] if args.quick else [1024, 2048, 4096]
     runs = []
     for b in sizes:
         for projection in ("float64", "float32"):

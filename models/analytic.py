@@ -23,9 +23,10 @@ seen, so nothing is forgotten and no exemplar is kept. Two ways to get there:
 
 Both give the same ``W`` up to rounding (``tests/test_analytic.py``). Measured on
 2 CPU cores (``bench/analytic.py``) accumulate-and-solve is several times faster:
-it costs one ``X^T X`` per batch, while Woodbury multiplies ``R`` (``b x b``) by
-``X^T`` twice and rewrites all of ``R`` per batch. It is the default, and the only
-form whose statistics can be summed across workers (distributed training).
+it costs the lower triangle of one ``X^T X`` per batch, while Woodbury multiplies
+``R`` (``b x b``) by ``X^T`` twice and rewrites all of ``R`` per batch. It is the
+default, and the only form whose statistics can be summed across workers
+(distributed training).
 
 Distributed: when ``torch.distributed`` is initialised,
 :meth:`RecursiveLeastSquares.partial_fit` all-reduces (sums) each batch's
