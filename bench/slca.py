@@ -4,7 +4,8 @@ Methods, each over several seeds (class order and subset change with the seed):
 
 * ``naive``: Avalanche ``Naive``, one learning rate for backbone and head (SGD 0.01,
   momentum 0.9, weight decay 5e-4, as the paper's head);
-* ``naive_slow``: ``Naive`` + :class:`~neve.plugins.SlowLearnerPlugin` (backbone 0.01 x);
+* ``naive_slow``: ``Naive`` + :class:`~neve.plugins.SlowLearnerPlugin` (backbone 0.01 x,
+  batch-norm running statistics 0.01 x as fast: ``norm_stats="slow"``);
 * ``slca``: :class:`~neve.strategies.SLCA` (slow learner + classifier alignment,
   training loss over the current experience's classes as the authors' code);
 * ``slca_replay``: Avalanche ``Replay`` + both plugins (Replay's loss over all classes).

@@ -34,7 +34,7 @@ class SLCA(Naive):
         model, optimizer, criterion, train_mb_size, train_epochs, eval_mb_size,
         device, plugins, evaluator, eval_every, **base_kwargs: as ``Naive``
         (``criterion=None`` means ``CrossEntropyLoss()``).
-        backbone_lr_scale: see :class:`SlowLearnerPlugin`.
+        backbone_lr_scale, norm_stats: see :class:`SlowLearnerPlugin`.
         samples_per_class, alignment_epochs, alignment_lr, temperature, covariance,
         keep_aligned, alignment_batch_size, ridge, logit_norm, alignment_seed: the
         :class:`ClassifierAlignmentPlugin`'s ``samples_per_class``, ``epochs``,
@@ -69,6 +69,7 @@ class SLCA(Naive):
         evaluator: EvaluationPlugin | Callable[[], EvaluationPlugin] = default_evaluator,
         eval_every: int = -1,
         backbone_lr_scale: float = 0.01,
+        norm_stats: str = "slow",
         samples_per_class: int = 256,
         alignment_epochs: int = 5,
         alignment_lr: float = 0.01,
@@ -85,7 +86,9 @@ class SLCA(Naive):
         **base_kwargs,
     ) -> None:
         self.current_classes_loss = bool(current_classes_loss)
-        self.slow_learner = SlowLearnerPlugin(backbone_lr_scale=backbone_lr_scale, head=head)
+        self.slow_learner = SlowLearnerPlugin(
+            backbone_lr_scale=backbone_lr_scale, head=head, norm_stats=norm_stats
+        )
         self.alignment = ClassifierAlignmentPlugin(
             samples_per_class=samples_per_class,
             epochs=alignment_epochs,

@@ -207,6 +207,30 @@ def test_optimizer_groups_carry_two_learning_rates_after_head_grows(split_digits
     assert CheckGroups.checked == 3 and sizes[-1] > sizes[0]  # the head grew
 
 
+@pytest.mark.parametrize("norm_stats, factor", [("slow", 0.05), ("frozen", 0.0), ("train", 1.0)])
+def test_batch_norm_running_statistics_follow_norm_stats(split_digits, norm_stats, factor):
+    """The running statistics equal plain Naive's on a model whose momentum was set by hand."""
+
+    def run(plugins, momentum):
+        torch.manual_seed(0)
+        model = PretrainedClassifier(bn_backbone(), num_classes=2, feature_dim=12)
+        model.features[2].momentum = momentum
+        strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.02),
+                         train_mb_size=32, train_epochs=1, evaluator=silent_evaluator(),
+                         plugins=plugins)
+        strategy.train(split_digits.train_stream[0])
+        return model.features[2]
+
+    start = bn_backbone()[2]
+    ours = run([SlowLearnerPlugin(backbone_lr_scale=0.05, norm_stats=norm_stats)], 0.1)
+    assert ours.momentum == 0.1  # restored after the experience
+    by_hand = run([SlowLearnerPlugin(backbone_lr_scale=0.05, norm_stats="train")], 0.1 * factor)
+    assert torch.equal(ours.running_mean, by_hand.running_mean)
+    assert torch.equal(ours.running_var, by_hand.running_var)
+    moved = (ours.running_mean - start.running_mean).abs().max()
+    assert (moved == 0) == (norm_stats == "frozen")
+
+
 def test_backbone_step_is_scaled_learning_rate_times_gradient():
     torch.manual_seed(0)
     model = PretrainedClassifier(bn_backbone(4), num_classes=3, feature_dim=4)
@@ -334,6 +358,7 @@ def test_pretrained_classifier_meets_the_contract(backbone):
     "make, name",
     [
         (lambda: SlowLearnerPlugin(backbone_lr_scale=-0.1), "backbone_lr_scale"),
+        (lambda: SlowLearnerPlugin(norm_stats="fast"), "norm_stats"),
         (lambda: ClassifierAlignmentPlugin(temperature=0.0), "temperature"),
         (lambda: ClassifierAlignmentPlugin(temperature=-1.0), "temperature"),
         (lambda: ClassifierAlignmentPlugin(samples_per_class=0), "samples_per_class"),
