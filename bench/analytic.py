@@ -1,6 +1,6 @@
 """Benchmark of neve's analytic class-incremental learning (ACIL / G-ACIL); prints JSON.
 
-    python bench/analytic.py            # everything (about 10 minutes on 2 CPU cores)
+    python bench/analytic.py            # everything (about 15 minutes on 2 CPU cores)
     python bench/analytic.py --quick    # buffer 1024 only, accuracies on 3,000 samples
 
 Inputs are *real* features: Fashion-MNIST through the pretrained EfficientNet-Lite0

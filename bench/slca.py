@@ -20,7 +20,7 @@ share of the training time (the share of the statistics alone, SLCA's step 2, an
 of the head re-training, step 3, beside it), and the process's peak memory.
 
     nice -n 10 python bench/slca.py --quick      # small, minutes
-    nice -n 10 python bench/slca.py              # larger (see --help)
+    python bench/slca.py     # 500 train / 200 test images per class, 3 seeds: ~22 min on 2 cores
 """
 
 from __future__ import annotations
