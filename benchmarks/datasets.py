@@ -25,6 +25,8 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.datasets import FashionMNIST
 
+from ..models.features import default_cache_dir
+
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 _FMNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -32,14 +34,6 @@ _FMNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-
-
-def default_cache_dir() -> Path:
-    """Where neve keeps unpacked data and feature caches.
-
-    ``$NEVE_CACHE`` if set, else ``~/.cache/neve``.
-    """
-    return Path(os.environ.get("NEVE_CACHE", Path.home() / ".cache" / "neve"))
 
 
 class LabelledTensorDataset(Dataset):
@@ -166,6 +160,33 @@ def digits(
     )
 
 
+def balanced_indices(
+    targets: torch.Tensor,
+    per_class: int | None,
+    classes: list[int] | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Sorted indices of up to ``per_class`` items of each class, after a seeded shuffle.
+
+    Args:
+        targets: ``[N]`` integer labels.
+        per_class: items kept per class (all of a smaller class); None keeps all.
+        classes: the classes to keep (default: every class in ``targets``).
+        seed: seed of the shuffle.
+    """
+    if per_class is not None and int(per_class) < 1:
+        raise ValueError(f"per_class must be >= 1 or None, got {per_class}")
+    targets = torch.as_tensor(targets).long()
+    if classes is None:
+        classes = torch.unique(targets).tolist()
+    gen = torch.Generator().manual_seed(int(seed))
+    order = torch.randperm(len(targets), generator=gen)
+    keep = [order[targets[order] == c] for c in classes]
+    if per_class is not None:
+        keep = [idx[: int(per_class)] for idx in keep]
+    return torch.sort(torch.cat(keep)).values
+
+
 def class_balanced_subset(dataset: Dataset, per_class: int, seed: int = 0) -> Dataset:
     """The first ``per_class`` items of each class after a seeded shuffle.
 
@@ -176,16 +197,9 @@ def class_balanced_subset(dataset: Dataset, per_class: int, seed: int = 0) -> Da
         per_class: items kept per class (all of a smaller class).
         seed: seed of the shuffle.
     """
-    if per_class < 1:
+    if per_class is None or int(per_class) < 1:
         raise ValueError(f"per_class must be >= 1, got {per_class}")
-    targets = torch.as_tensor(dataset.targets)
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(targets), generator=gen)
-    keep = []
-    for c in torch.unique(targets).tolist():
-        keep.append(order[targets[order] == c][:per_class])
-    indices = torch.sort(torch.cat(keep)).values
-    return IndexedSubset(dataset, indices)
+    return IndexedSubset(dataset, balanced_indices(dataset.targets, per_class, seed=seed))
 
 
 class IndexedSubset(Dataset):

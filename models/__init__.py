@@ -5,14 +5,15 @@ from neve.models.analytic import (
     BufferLayer,
     RecursiveLeastSquares,
 )
-from neve.models.backbones import (
-    Backbone,
-    ImagePreprocess,
+from neve.models.backbones import Backbone, ImagePreprocess, pretrained_backbone
+from neve.models.classifier import PretrainedClassifier, model_part
+from neve.models.features import (
     dataset_fingerprint,
+    default_cache_dir,
+    encode,
     extract_features,
-    pretrained_backbone,
+    iter_features,
 )
-from neve.models.classifier import PretrainedClassifier
 
 __all__ = [
     "AnalyticClassifier",
@@ -22,6 +23,10 @@ __all__ = [
     "ImagePreprocess",
     "PretrainedClassifier",
     "dataset_fingerprint",
+    "default_cache_dir",
+    "encode",
+    "iter_features",
+    "model_part",
     "extract_features",
     "pretrained_backbone",
 ]

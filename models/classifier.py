@@ -85,3 +85,23 @@ class PretrainedClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+def model_part(model: nn.Module, name: str, what: str) -> nn.Module:
+    """``model.<name>`` (dotted names allowed) by the model contract, or a ValueError.
+
+    Args:
+        model: the strategy's model.
+        name: attribute path, e.g. ``"features"`` or ``"classifier"``.
+        what: what the part is for (``"feature extractor"``, ``"head"``), for the error.
+    """
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        raise ValueError(
+            f"the model ({type(model).__name__}) has no submodule {name!r} for the {what}; "
+            "neve's model contract: model.features maps inputs to feature vectors and "
+            "model.classifier maps features to logits (see neve.models.PretrainedClassifier), "
+            "or pass the attribute names to the plugin"
+        ) from None
+    return module
