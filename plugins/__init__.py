@@ -11,6 +11,7 @@ from neve.plugins.curriculum_metrics import (
     curriculum_effectiveness,
     effectiveness_f,
 )
+from neve.plugins.progress import PhaseProgressLogger
 from neve.plugins.slca import (
     ClassGaussianStats,
     ClassifierAlignmentPlugin,
@@ -22,6 +23,7 @@ restore_submodule_attributes()
 __all__ = [
     "AnalyticHeadPlugin",
     "CurriculumEffectiveness",
+    "PhaseProgressLogger",
     "curriculum_effectiveness",
     "effectiveness_f",
     "ClassGaussianStats",
