@@ -19,13 +19,13 @@ from collections.abc import Callable
 import torch
 from avalanche.benchmarks import nc_benchmark
 from avalanche.evaluation.metrics import accuracy_metrics
-from avalanche.logging import InteractiveLogger
 from avalanche.training.determinism.rng_manager import RNGManager
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.supervised import Naive
 
 from neve.benchmarks import LabelledTensorDataset, digits, fashion_mnist
 from neve.models import extract_features, pretrained_backbone
+from neve.plugins import PhaseProgressLogger
 
 
 def feature_benchmark(dataset: str, device: str, seed: int, input_size: int):
@@ -46,9 +46,9 @@ def naive_linear(feature_dim: int, num_classes: int, args, evaluator) -> Naive:
     """Baseline: Avalanche ``Naive`` fine-tuning of a linear head (Adam, lr 1e-3)."""
     head = torch.nn.Linear(feature_dim, num_classes)
     return Naive(
-        head,
-        torch.optim.Adam(head.parameters(), lr=1e-3),
-        torch.nn.CrossEntropyLoss(),
+        model=head,
+        optimizer=torch.optim.Adam(head.parameters(), lr=1e-3),
+        criterion=torch.nn.CrossEntropyLoss(),
         train_mb_size=64,
         train_epochs=args.epochs,
         eval_mb_size=1024,
@@ -62,8 +62,8 @@ def analytic(feature_dim: int, num_classes: int, args, evaluator):
     from neve.strategies import AnalyticCIL
 
     return AnalyticCIL(
-        torch.nn.Identity(),
-        feature_dim,
+        backbone=torch.nn.Identity(),
+        feature_dim=feature_dim,
         buffer_size=2048,
         gamma=1.0,
         train_mb_size=1024,
@@ -103,12 +103,12 @@ def run(method: str, bm, feature_dim: int, args) -> list[list[float]]:
     """Train ``method`` on the stream; row i = accuracy on each experience after training i."""
     RNGManager.set_random_seeds(args.seed)
     evaluator = EvaluationPlugin(
-        accuracy_metrics(experience=True, stream=True), loggers=[InteractiveLogger()]
+        accuracy_metrics(experience=True, stream=True), loggers=[PhaseProgressLogger()]
     )
     strategy = METHODS[method](feature_dim, bm.n_classes, args, evaluator)
     table = []
-    for i, exp in enumerate(bm.train_stream):
-        print(f"== {method}: experience {i}, classes {exp.classes_in_this_experience}")
+    print(f"== {method}: " + ", ".join(str(e.classes_in_this_experience) for e in bm.train_stream))
+    for exp in bm.train_stream:
         strategy.train(exp)
         res = strategy.eval(bm.test_stream)
         row = [res[f"Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp{j:03d}"] for j in range(5)]
