@@ -89,13 +89,8 @@ def build(method: str, backbone, args, device):
         return Naive(plugins=[SlowLearnerPlugin(args.backbone_lr_scale)], **common), None
     if method == "slca":
         s = SLCA(
-            backbone_lr_scale=args.backbone_lr_scale,
-            samples_per_class=align["samples_per_class"],
-            alignment_epochs=align["epochs"],
-            alignment_lr=align["lr"],
-            temperature=align["temperature"],
-            covariance=align["covariance"],
-            alignment_batch_size=align["batch_size"],
+            slow_learner=SlowLearnerPlugin(args.backbone_lr_scale),
+            alignment=ClassifierAlignmentPlugin(**align),
             **common,
         )
         return s, s.alignment

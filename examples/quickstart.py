@@ -81,6 +81,7 @@ def slca(feature_dim: int, num_classes: int, args, evaluator):
     bench/slca.py fine-tune the backbone itself.
     """
     from neve.models import PretrainedClassifier
+    from neve.plugins import ClassifierAlignmentPlugin
     from neve.strategies import SLCA
 
     model = PretrainedClassifier(torch.nn.Identity(), num_classes=2, feature_dim=feature_dim)
@@ -92,7 +93,7 @@ def slca(feature_dim: int, num_classes: int, args, evaluator):
         eval_mb_size=1024,
         device=args.device,
         evaluator=evaluator,
-        alignment_batch_size=64,
+        alignment=ClassifierAlignmentPlugin(batch_size=64),
     )
 
 

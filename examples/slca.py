@@ -26,6 +26,7 @@ from avalanche.training.plugins import EvaluationPlugin
 
 from neve.benchmarks import class_balanced_subset, fashion_mnist
 from neve.models import PretrainedClassifier, pretrained_backbone
+from neve.plugins import ClassifierAlignmentPlugin, SlowLearnerPlugin
 from neve.strategies import SLCA
 
 
@@ -57,9 +58,8 @@ def main(argv: list[str] | None = None) -> list[float]:
         eval_mb_size=256,
         device=args.device,
         evaluator=EvaluationPlugin(accuracy_metrics(stream=True), loggers=[TextLogger()]),
-        backbone_lr_scale=args.backbone_lr_scale,
-        covariance=args.covariance,
-        alignment_batch_size=64,
+        slow_learner=SlowLearnerPlugin(args.backbone_lr_scale),
+        alignment=ClassifierAlignmentPlugin(covariance=args.covariance, batch_size=64),
     )
     accuracies = []
     for k, exp in enumerate(bm.train_stream):

@@ -12,11 +12,10 @@ from neve.plugins.curriculum_metrics import (
     effectiveness_f,
 )
 from neve.plugins.progress import PhaseProgressLogger
-from neve.plugins.slca import (
-    ClassGaussianStats,
-    ClassifierAlignmentPlugin,
-    SlowLearnerPlugin,
-)
+
+from ..models.gaussians import ClassGaussianStats
+from .alignment import ClassifierAlignmentPlugin
+from .slow_learner import SlowLearnerPlugin
 
 restore_submodule_attributes()
 

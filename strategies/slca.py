@@ -13,19 +13,26 @@ from avalanche.training.templates.strategy_mixin_protocol import CriterionType
 from torch.nn import CrossEntropyLoss, Module
 from torch.optim import Optimizer
 
-from neve.plugins.slca import ClassifierAlignmentPlugin, SlowLearnerPlugin, get_submodule
+from ..models.classifier import model_part
+from ..plugins.alignment import ClassifierAlignmentPlugin
+from ..plugins.slow_learner import SlowLearnerPlugin
 
 
 class SLCA(Naive):
     """Slow Learner with Classifier Alignment: ``Naive`` + :class:`SlowLearnerPlugin`
-    + :class:`ClassifierAlignmentPlugin`.
+    + :class:`ClassifierAlignmentPlugin` (Zhang et al., ICCV 2023, Sec. 4).
 
     The model must meet neve's contract (``model.features``, ``model.classifier``;
-    names changeable with ``features=`` / ``head=``), e.g.
+    other names are given to the plugins), e.g.
     :class:`neve.models.PretrainedClassifier`. The optimizer may be any
     ``torch.optim`` optimizer over the model's parameters; its learning rate is
     the head's, the representation gets ``backbone_lr_scale`` times it. Paper
-    setting: ``SGD(lr=0.01, momentum=0.9, weight_decay=5e-4)`` with the defaults.
+    setting: ``SGD(lr=0.01, momentum=0.9, weight_decay=5e-4)`` with the plugins'
+    defaults.
+
+    The two plugins carry SLCA's options, e.g.
+    ``SLCA(model=..., optimizer=..., slow_learner=SlowLearnerPlugin(0.01),
+    alignment=ClassifierAlignmentPlugin(samples_per_class=256, epochs=5))``.
 
     Plugin order: the slow learner first, then the ``plugins`` given, then the
     alignment (so e.g. LwF's teacher copy is the unaligned model).
@@ -34,13 +41,8 @@ class SLCA(Naive):
         model, optimizer, criterion, train_mb_size, train_epochs, eval_mb_size,
         device, plugins, evaluator, eval_every, **base_kwargs: as ``Naive``
         (``criterion=None`` means ``CrossEntropyLoss()``).
-        backbone_lr_scale, norm_stats: see :class:`SlowLearnerPlugin`.
-        samples_per_class, alignment_epochs, alignment_lr, temperature, covariance,
-        keep_aligned, alignment_batch_size, ridge, logit_norm, alignment_seed: the
-        :class:`ClassifierAlignmentPlugin`'s ``samples_per_class``, ``epochs``,
-        ``lr``, ``temperature``, ``covariance``, ``keep_aligned``, ``batch_size``,
-        ``ridge``, ``logit_norm``, ``seed``.
-        features, head: attribute names on the model.
+        slow_learner: the :class:`SlowLearnerPlugin` (default: its defaults).
+        alignment: the :class:`ClassifierAlignmentPlugin` (default: its defaults).
         current_classes_loss: as the authors' code (each task's head is trained on
             that task's logits only), the training loss is ``criterion`` over the
             logits of the current experience's classes, targets re-indexed, and
@@ -68,43 +70,21 @@ class SLCA(Naive):
         plugins: list[BasePlugin] | None = None,
         evaluator: EvaluationPlugin | Callable[[], EvaluationPlugin] = default_evaluator,
         eval_every: int = -1,
-        backbone_lr_scale: float = 0.01,
-        norm_stats: str = "slow",
-        samples_per_class: int = 256,
-        alignment_epochs: int = 5,
-        alignment_lr: float = 0.01,
-        temperature: float = 0.1,
-        covariance: str = "full",
-        keep_aligned: bool = False,
-        alignment_batch_size: int = 256,
-        ridge: float = 1e-4,
-        logit_norm: bool = True,
-        alignment_seed: int = 0,
-        features: str = "features",
-        head: str = "classifier",
+        slow_learner: SlowLearnerPlugin | None = None,
+        alignment: ClassifierAlignmentPlugin | None = None,
         current_classes_loss: bool = True,
         **base_kwargs,
     ) -> None:
+        if slow_learner is not None and not isinstance(slow_learner, SlowLearnerPlugin):
+            raise TypeError(f"slow_learner must be a SlowLearnerPlugin, got {slow_learner!r}")
+        if alignment is not None and not isinstance(alignment, ClassifierAlignmentPlugin):
+            raise TypeError(f"alignment must be a ClassifierAlignmentPlugin, got {alignment!r}")
         self.current_classes_loss = bool(current_classes_loss)
-        self.slow_learner = SlowLearnerPlugin(
-            backbone_lr_scale=backbone_lr_scale, head=head, norm_stats=norm_stats
-        )
-        self.alignment = ClassifierAlignmentPlugin(
-            samples_per_class=samples_per_class,
-            epochs=alignment_epochs,
-            lr=alignment_lr,
-            temperature=temperature,
-            covariance=covariance,
-            keep_aligned=keep_aligned,
-            batch_size=alignment_batch_size,
-            ridge=ridge,
-            logit_norm=logit_norm,
-            features=features,
-            head=head,
-            seed=alignment_seed,
-        )
-        get_submodule(model, features, "feature extractor")
-        get_submodule(model, head, "head")
+        self.slow_learner = SlowLearnerPlugin() if slow_learner is None else slow_learner
+        self.alignment = ClassifierAlignmentPlugin() if alignment is None else alignment
+        model_part(model, self.alignment.features, "feature extractor")
+        model_part(model, self.alignment.head, "head")
+        model_part(model, self.slow_learner.head, "head")
         super().__init__(
             model=model,
             optimizer=optimizer,

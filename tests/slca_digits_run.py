@@ -19,6 +19,7 @@ from resume_harness import train_with_checkpoint
 
 from neve.benchmarks import digits
 from neve.models import PretrainedClassifier
+from neve.plugins import ClassifierAlignmentPlugin, SlowLearnerPlugin
 from neve.strategies import SLCA
 
 
@@ -29,7 +30,7 @@ def tiny_backbone(feature_dim: int = 16) -> torch.nn.Module:
     )
 
 
-def make_strategy(**options) -> SLCA:
+def make_strategy() -> SLCA:
     model = PretrainedClassifier(tiny_backbone(), num_classes=2, feature_dim=16)
     evaluator = EvaluationPlugin(accuracy_metrics(stream=True, experience=True), loggers=[])
     return SLCA(
@@ -39,10 +40,8 @@ def make_strategy(**options) -> SLCA:
         train_epochs=2,
         eval_mb_size=128,
         evaluator=evaluator,
-        backbone_lr_scale=0.1,
-        samples_per_class=32,
-        alignment_epochs=2,
-        **options,
+        slow_learner=SlowLearnerPlugin(0.1),
+        alignment=ClassifierAlignmentPlugin(samples_per_class=32, epochs=2),
     )
 
 

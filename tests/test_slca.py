@@ -10,8 +10,9 @@ from avalanche.training.supervised import Naive
 
 from neve.benchmarks import digits
 from neve.models import PretrainedClassifier
+from neve.models.head_alignment import align_head, normalised_logits
 from neve.plugins import ClassGaussianStats, ClassifierAlignmentPlugin, SlowLearnerPlugin
-from neve.plugins.slca import align_head, normalised_logits, split_param_groups
+from neve.plugins.slow_learner import split_param_groups
 from neve.strategies import SLCA
 
 RIDGE = 1e-4
@@ -90,8 +91,7 @@ def test_plugin_stores_statistics_of_the_experience_features(split_digits):
         train_epochs=1,
         eval_mb_size=100,
         evaluator=silent_evaluator(),
-        samples_per_class=16,
-        alignment_epochs=1,
+        alignment=ClassifierAlignmentPlugin(samples_per_class=16, epochs=1),
     )
     for exp in split_digits.train_stream[:2]:
         strategy.train(exp)
@@ -328,7 +328,19 @@ def test_alignment_fits_sampled_features_better_than_chance():
     torch.manual_seed(0)
     head = torch.nn.Linear(64, 10)
     gen = torch.Generator().manual_seed(0)
-    align_head(head, stats, 96, 5, 0.01, 0.1, 16, 0.9, 5e-4, gen, "cpu")
+    align_head(
+        head,
+        stats,
+        samples_per_class=96,
+        epochs=5,
+        lr=0.01,
+        temperature=0.1,
+        batch_size=16,
+        momentum=0.9,
+        weight_decay=5e-4,
+        generator=gen,
+        device="cpu",
+    )
     acc = (head(test.data.flatten(1)).argmax(1) == test.targets).float().mean().item()
     assert acc > 0.8
 
@@ -377,7 +389,11 @@ def test_model_without_contract_names_the_missing_attribute():
     with pytest.raises(ValueError, match="'features'"):
         SLCA(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
     with pytest.raises(ValueError, match="'classifier' for the head"):
-        SLCA(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), features="0")
+        SLCA(
+            model=model,
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            alignment=ClassifierAlignmentPlugin(features="0"),
+        )
 
 
 def test_slca_training_loss_is_over_the_current_experience_classes(split_digits):
@@ -403,7 +419,7 @@ def test_slca_training_loss_is_over_the_current_experience_classes(split_digits)
         train_mb_size=64,
         evaluator=silent_evaluator(),
         plugins=[CheckLoss()],
-        alignment_epochs=0,
+        alignment=ClassifierAlignmentPlugin(epochs=0),
     )
     for exp in split_digits.train_stream[:2]:
         strategy.train(exp)

@@ -11,6 +11,7 @@ from test_slca_composition import (
 )
 
 from neve.benchmarks import digits
+from neve.plugins import ClassifierAlignmentPlugin, SlowLearnerPlugin
 from neve.plugins.analytic import AnalyticHeadPlugin
 from neve.strategies import SLCA
 
@@ -25,10 +26,8 @@ def test_with_analytic_head_plugin(split_digits):
     analytic = AnalyticHeadPlugin(buffer_size=256, gamma=1.0)
     strategy = SLCA(
         plugins=[analytic],
-        backbone_lr_scale=SCALE,
-        samples_per_class=32,
-        alignment_epochs=2,
-        alignment_batch_size=32,
+        slow_learner=SlowLearnerPlugin(SCALE),
+        alignment=ClassifierAlignmentPlugin(samples_per_class=32, epochs=2, batch_size=32),
         **common(tiny_model()),
     )
     acc = run(strategy, split_digits)

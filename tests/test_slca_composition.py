@@ -100,10 +100,8 @@ def test_with_lwf_plugin_teacher_is_the_unaligned_model(split_digits):
     lwf = LwFPlugin(alpha=1.0, temperature=2.0)
     strategy = SLCA(
         plugins=[lwf],
-        backbone_lr_scale=SCALE,
-        samples_per_class=32,
-        alignment_epochs=2,
-        alignment_batch_size=32,
+        slow_learner=SlowLearnerPlugin(SCALE),
+        alignment=ClassifierAlignmentPlugin(samples_per_class=32, epochs=2, batch_size=32),
         **common(tiny_model()),
     )
     acc = run(strategy, split_digits)
