@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from tqdm.std import tqdm
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
 

@@ -13,7 +13,7 @@ import sys
 from typing import TextIO
 
 from avalanche.logging import BaseLogger
-from tqdm.auto import tqdm
+from tqdm.std import tqdm
 
 
 class PhaseProgressLogger(BaseLogger):
