@@ -13,7 +13,7 @@
    against the 7.5 expected by chance (hypergeometric p-value).
 
     python bench/curriculum.py            # 1000 train / 100 test images per class, 3 seeds
-    python bench/curriculum.py --quick    # 600 / 100 per class, 1 seed (about 5 min)
+    python bench/curriculum.py --quick    # 600 / 100 per class, 1 seed
 """
 
 from __future__ import annotations
@@ -26,11 +26,30 @@ import time
 
 import numpy as np
 import torch
+from avalanche.training.determinism.rng_manager import RNGManager
+from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training.supervised import Naive
+from scipy.stats import hypergeom, spearmanr
+
+from neve.benchmarks import (
+    CurriculumDesigner,
+    LabelledTensorDataset,
+    curriculum_benchmark,
+    fashion_mnist,
+)
+from neve.benchmarks.curriculum_score import (
+    normalize_rows,
+    prototype_distances,
+    row_variances,
+    score_orders,
+)
+from neve.benchmarks.curriculum_search import all_orders, rank_orders
+from neve.benchmarks.datasets import balanced_indices
+from neve.models import extract_features, pretrained_backbone
+from neve.plugins import CurriculumEffectiveness, PhaseProgressLogger
 
 
 def _random_instance(n: int, seed: int):
-    from neve.benchmarks.curriculum import normalize_rows, prototype_distances, row_variances
-
     rng = np.random.default_rng(seed)
     protos = torch.from_numpy(rng.normal(size=(n, 64)) + 0.5)
     d = normalize_rows(prototype_distances(protos, "cosine"))
@@ -38,8 +57,6 @@ def _random_instance(n: int, seed: int):
 
 
 def scoring_and_search() -> dict:
-    from neve.benchmarks.curriculum import all_orders, rank_orders, score_orders
-
     out = {}
     d, var = _random_instance(8, 0)
     orders = all_orders(8)
@@ -100,13 +117,8 @@ class SmallCNN(torch.nn.Module):
 
 def _tensor_subset(dataset, classes, per_class: int, seed: int):
     """Class-balanced subset of a torchvision MNIST-like dataset as in-memory tensors."""
-    from neve.benchmarks import LabelledTensorDataset
-
     targets = torch.as_tensor(dataset.targets)
-    gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(targets), generator=gen)
-    keep = torch.cat([perm[targets[perm] == c][:per_class] for c in classes])
-    keep = torch.sort(keep).values
+    keep = balanced_indices(targets, per_class, list(classes), seed=seed)
     x = dataset.data[keep].float().div(255.0).unsqueeze(1)
     return LabelledTensorDataset(x, targets[keep].long())
 
@@ -118,13 +130,6 @@ def run_order(order, train, test, seed: int, device: str) -> tuple[float, float,
     accuracies, so the test stream is evaluated after the first and the last
     experience only.
     """
-    from avalanche.training.determinism.rng_manager import RNGManager
-    from avalanche.training.plugins import EvaluationPlugin
-    from avalanche.training.supervised import Naive
-
-    from neve.benchmarks import curriculum_benchmark
-    from neve.plugins import CurriculumEffectiveness
-
     bm = curriculum_benchmark(train, test, list(order))
     RNGManager.set_random_seeds(seed)
     model = SmallCNN()
@@ -136,7 +141,9 @@ def run_order(order, train, test, seed: int, device: str) -> tuple[float, float,
         train_epochs=1,
         eval_mb_size=512,
         device=device,
-        evaluator=EvaluationPlugin(CurriculumEffectiveness(), loggers=[]),
+        evaluator=EvaluationPlugin(
+            CurriculumEffectiveness(), loggers=[PhaseProgressLogger(enabled=False)]
+        ),
     )
     res = {}
     last = len(bm.train_stream) - 1
@@ -152,17 +159,12 @@ def run_order(order, train, test, seed: int, device: str) -> tuple[float, float,
 
 
 def paper_experiment(per_class_train: int, per_class_test: int, seeds: int, device: str) -> dict:
-    from scipy.stats import hypergeom, spearmanr
-
-    from neve.benchmarks import CurriculumDesigner, fashion_mnist
-    from neve.models import extract_features, pretrained_backbone
-
     classes = [0, 1, 2, 3, 4]
     train_full, test_full = fashion_mnist()
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout pure JSON
         backbone = pretrained_backbone()
     feats, labels = extract_features(backbone, train_full, progress=False)
-    designer = CurriculumDesigner(samples_per_class=500, seed=0).fit_features(feats, labels)
+    designer = CurriculumDesigner(max_per_class=500, seed=0).fit_features(feats, labels)
     orders, cd_scores = designer.rank(classes=classes, return_scores=True)
 
     train = _tensor_subset(train_full, classes, per_class_train, seed=0)

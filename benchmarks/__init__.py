@@ -1,14 +1,8 @@
 """Streams, class orders and offline datasets for Avalanche benchmarks."""
 
-from neve.benchmarks.curriculum import (
-    BoundaryAwareOnlineExperience,
-    CurriculumDesigner,
-    curriculum_benchmark,
-    curriculum_score,
-    score_orders,
-    select_classes,
-    split_online,
-)
+from neve.benchmarks.curriculum import curriculum_benchmark, select_classes
+from neve.benchmarks.curriculum_designer import CurriculumDesigner
+from neve.benchmarks.curriculum_score import curriculum_score, score_orders
 from neve.benchmarks.datasets import (
     IndexedSubset,
     LabelledTensorDataset,
@@ -36,6 +30,7 @@ from neve.benchmarks.instance import (
     make_corruption,
     occlusion_radius,
 )
+from neve.benchmarks.online import BoundaryAwareOnlineExperience, split_online
 from neve.benchmarks.si_blurry import si_blurry_benchmark, si_blurry_split
 
 __all__ = [

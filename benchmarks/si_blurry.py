@@ -14,8 +14,9 @@ scenario), also the evaluation stream of G-ACIL (Zhuang et al., 2024). The split
    classes appear early, recur, and overlap task boundaries;
 4. each task's samples are shuffled.
 
-In the online variant the tasks are cut into experiences of ``online_batch_size``
-samples (Avalanche's ``split_online_stream``, in the task's shuffled order).
+In the online variant the tasks are cut into experiences of ``experience_size``
+samples, in the task's shuffled order (:func:`~neve.benchmarks.online.split_online`:
+each experience knows its classes, so an ``IncrementalClassifier`` can grow on it).
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ from __future__ import annotations
 import torch
 from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
 from avalanche.benchmarks.scenarios.generic_scenario import CLScenario
-from avalanche.benchmarks.scenarios.online import split_online_stream
 from avalanche.benchmarks.scenarios.supervised import with_classes_timeline
 from avalanche.benchmarks.scenarios.task_aware import with_task_labels
 from avalanche.benchmarks.utils.classification_dataset import (
     _as_taskaware_supervised_classification_dataset,
 )
 from torch.utils.data import Dataset
+
+from .deprecation import NOT_GIVEN, renamed_keyword
+from .online import split_online
 
 
 def _random_cuts(n_items: int, n_groups: int, gen: torch.Generator) -> list[int]:
@@ -40,6 +43,7 @@ def _random_cuts(n_items: int, n_groups: int, gen: torch.Generator) -> list[int]
 
 def si_blurry_split(
     targets: torch.Tensor,
+    *,
     n_tasks: int = 5,
     disjoint_class_ratio: float = 0.5,
     blurry_sample_ratio: float = 0.1,
@@ -117,13 +121,15 @@ def si_blurry_split(
 def si_blurry_benchmark(
     train: Dataset,
     test: Dataset,
+    *,
     n_tasks: int = 5,
     disjoint_class_ratio: float = 0.5,
     blurry_sample_ratio: float = 0.1,
     seed: int = 0,
     online: bool = False,
-    online_batch_size: int = 10,
+    experience_size: int = 10,
     access_task_boundaries: bool = False,
+    online_batch_size: int = NOT_GIVEN,
 ) -> CLScenario:
     """Si-Blurry generalized class-incremental benchmark (Moon et al., ICCV 2023).
 
@@ -133,10 +139,13 @@ def si_blurry_benchmark(
         n_tasks, disjoint_class_ratio, blurry_sample_ratio, seed: see
             :func:`si_blurry_split`.
         online: if True, ``train_stream`` is the online stream of
-            ``online_batch_size``-sample experiences (lazy: iterate it once);
-            ``task_stream`` keeps the ``n_tasks`` task experiences.
-        online_batch_size: samples per online experience.
-        access_task_boundaries: passed to ``split_online_stream``.
+            ``experience_size``-sample experiences (:func:`split_online`, each
+            with its ``classes_in_this_experience``); ``task_stream`` keeps the
+            ``n_tasks`` task experiences.
+        experience_size: samples per online experience.
+        access_task_boundaries: whether strategies may read the online
+            experiences' ``is_first_subexp`` / ``is_last_subexp``.
+        online_batch_size: deprecated name of ``experience_size``.
 
     Returns:
         A ``CLScenario`` with ``train_stream`` (one experience per task, whose
@@ -146,14 +155,25 @@ def si_blurry_benchmark(
         attributes ``disjoint_classes`` and ``blurry_classes`` (per task) and
         ``task_indices`` (indices into ``train`` per task).
     """
-    if int(online_batch_size) < 1:
-        raise ValueError(f"online_batch_size must be >= 1, got {online_batch_size}")
+    experience_size = renamed_keyword(
+        experience_size,
+        online_batch_size,
+        new="experience_size",
+        old="online_batch_size",
+        default=10,
+    )
+    if int(experience_size) < 1:
+        raise ValueError(f"experience_size must be >= 1, got {experience_size}")
     train_targets = torch.as_tensor(getattr(train, "targets", None))
     if train_targets.dim() != 1:
         raise ValueError("train must have integer .targets of shape [N]")
     test_targets = torch.as_tensor(test.targets).long()
     tasks, disjoint_groups, blurry_groups = si_blurry_split(
-        train_targets, n_tasks, disjoint_class_ratio, blurry_sample_ratio, seed
+        train_targets,
+        n_tasks=n_tasks,
+        disjoint_class_ratio=disjoint_class_ratio,
+        blurry_sample_ratio=blurry_sample_ratio,
+        seed=seed,
     )
     av_train = _as_taskaware_supervised_classification_dataset(train)
     av_test = _as_taskaware_supervised_classification_dataset(test)
@@ -167,14 +187,12 @@ def si_blurry_benchmark(
         with_classes_timeline(benchmark_from_datasets(train=train_exps, test=test_exps))
     )
     if online:
-        online_stream = split_online_stream(
+        online_stream = split_online(
             bm.train_stream,
-            experience_size=int(online_batch_size),
+            int(experience_size),
             shuffle=False,
             access_task_boundaries=access_task_boundaries,
-            seed=seed,
         )
-        online_stream.name = "train"
         task_stream = bm.train_stream
         task_stream.name = "task"
         bm = CLScenario([online_stream, bm.test_stream, task_stream])

@@ -1,16 +1,17 @@
 """Curriculum-designed class orders on Fashion-MNIST (Singh et al., ICCV 2023).
 
-1. The Curriculum Designer embeds 500 training images per class with the
+1. The Curriculum Designer takes 500 training images per class embedded by the
    frozen EfficientNet-Lite0 (64 px, features cached on disk by neve), builds
    the cosine distance matrix of the 10 class prototypes and scores all
-   10! = 3,628,800 class orders (about 10 s).
+   10! = 3,628,800 class orders.
 2. The best, median and worst ranked orders are each taught one class per
    experience, single pass (1 epoch), Adam lr 1e-3, batch 64, with Avalanche
    ``Naive``, ``EWC`` and ``LwF``. The learner is an MLP (1280-256-10) on the
-   cached features, so the whole example runs in a few minutes on a CPU.
+   cached features, so the example runs on a CPU.
 3. ``CurriculumEffectiveness`` reports alpha, beta and F for each run; the
-   example prints them and saves plots under ``--out``: the distance heatmap
-   in each of the three orders and a bar chart of F.
+   example prints them and saves plots under ``--out`` (default
+   ``outputs/curriculum``, which git ignores): the distance heatmap in each of
+   the three orders and a bar chart of F. Progress bars show on a terminal only.
 
     python examples/curriculum.py                   # Fashion-MNIST
     python examples/curriculum.py --dataset digits  # seconds, for a check
@@ -26,6 +27,7 @@ import torch
 from avalanche.training.determinism.rng_manager import RNGManager
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.supervised import EWC, LwF, Naive
+from matplotlib.figure import Figure
 
 from neve.benchmarks import (
     CurriculumDesigner,
@@ -35,7 +37,7 @@ from neve.benchmarks import (
     fashion_mnist,
 )
 from neve.models import extract_features, pretrained_backbone
-from neve.plugins import CurriculumEffectiveness
+from neve.plugins import CurriculumEffectiveness, PhaseProgressLogger
 
 FASHION_NAMES = [
     "top", "trouser", "pullover", "dress", "coat",
@@ -74,7 +76,7 @@ def run(order, train, test, strategy_name: str, seed: int, device: str) -> dict:
     bm = curriculum_benchmark(train, test, order)
     RNGManager.set_random_seeds(seed)
     model = mlp(train.data.shape[1], 10)
-    evaluator = EvaluationPlugin(CurriculumEffectiveness(), loggers=[])
+    evaluator = EvaluationPlugin(CurriculumEffectiveness(), loggers=[PhaseProgressLogger()])
     strategy = make_strategy(strategy_name, model, evaluator, device)
     res = {}
     for exp in bm.train_stream:
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dataset", choices=["fashion_mnist", "digits"], default="fashion_mnist")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="curriculum_plots")
+    parser.add_argument("--out", default="outputs/curriculum", help="folder of the plots")
     parser.add_argument("--strategies", nargs="+", default=["naive", "ewc", "lwf"])
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     xs = [extract_features(backbone, ds, device=args.device) for ds in (train_raw, test_raw)]
     train, test = (LabelledTensorDataset(x, y) for x, y in xs)
 
-    designer = CurriculumDesigner(samples_per_class=500, seed=args.seed)
+    designer = CurriculumDesigner(max_per_class=500, seed=args.seed)
     designer.fit_features(train.data, train.targets)
     print(
         f"scoring all {math.factorial(len(designer.classes_)):,} orders of "
@@ -121,8 +123,6 @@ def main(argv: list[str] | None = None) -> dict:
             r = run(order, train, test, strat, args.seed, args.device)
             results[(label, strat)] = r
             print(f"  {strat:5s}  alpha {r['Alpha']:.3f}  beta {r['Beta']:+.3f}  F {r['F']:.3f}")
-
-    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6, 3.5))
     ax = fig.add_subplot()

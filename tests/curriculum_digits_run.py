@@ -33,9 +33,9 @@ def main(mode: str, out: str, ckpt: str | None = None) -> None:
         accuracy_metrics(experience=True), CurriculumEffectiveness(), loggers=[]
     )
     strategy = Naive(
-        model,
-        torch.optim.Adam(model.parameters(), lr=1e-3),
-        torch.nn.CrossEntropyLoss(),
+        model=model,
+        optimizer=torch.optim.Adam(model.parameters(), lr=1e-3),
+        criterion=torch.nn.CrossEntropyLoss(),
         train_mb_size=16,
         train_epochs=1,
         eval_mb_size=64,

@@ -16,15 +16,20 @@ from avalanche.training.supervised import Naive
 from avalanche.training.utils import _at_task_boundary
 from resume_harness import run_full_and_resumed
 
-from neve.benchmarks import CurriculumDesigner, curriculum_benchmark, select_classes, split_online
-from neve.benchmarks.curriculum import (
-    all_orders,
+from neve.benchmarks import (
+    CurriculumDesigner,
+    curriculum_benchmark,
+    select_classes,
+    si_blurry_benchmark,
+    split_online,
+)
+from neve.benchmarks.curriculum_score import (
     normalize_rows,
     prototype_distances,
-    rank_orders,
     row_variances,
     score_orders,
 )
+from neve.benchmarks.curriculum_search import all_orders, rank_orders
 from neve.plugins import CurriculumEffectiveness, curriculum_effectiveness
 
 ORDER = [3, 7, 1, 9, 0, 2, 4, 5, 6, 8]
@@ -56,9 +61,7 @@ def test_score_of_hand_computed_three_class_example():
     feats = torch.tensor([[-0.5, 0.0], [0.5, 0.0], [1.0, 1.0], [1.0, -1.0], [-2.0, 0.0]])
     feats = feats.double()
     targets = torch.tensor([0, 0, 1, 1, 2])
-    cd = CurriculumDesigner(distance="euclidean", samples_per_class=None).fit_features(
-        feats, targets
-    )
+    cd = CurriculumDesigner(distance="euclidean", max_per_class=None).fit_features(feats, targets)
     assert torch.allclose(
         cd.distance_matrix, torch.tensor([[0.0, 1, 2], [1, 0, 3], [2, 3, 0]], dtype=torch.float64)
     )
@@ -104,7 +107,7 @@ def test_rank_equals_brute_force_on_six_classes():
     rng = np.random.default_rng(0)
     feats = torch.from_numpy(rng.normal(size=(60, 8)) + 1.0)
     targets = torch.arange(6).repeat_interleave(10) * 2  # labels 0, 2, ..., 10
-    cd = CurriculumDesigner(samples_per_class=None).fit_features(feats, targets)
+    cd = CurriculumDesigner(max_per_class=None).fit_features(feats, targets)
     orders, scores = cd.rank(return_scores=True)
     labels = sorted(set(targets.tolist()))
     d, var = cd.normalized_distances()
@@ -185,7 +188,9 @@ def test_benchmark_experiences_follow_the_order(digits_pair):
 
 def test_online_benchmark_follows_the_order_single_pass(digits_pair):
     train, test = digits_pair
-    bm = curriculum_benchmark(train, test, ORDER, classes_per_experience=2, online=True, mb_size=32)
+    bm = curriculum_benchmark(
+        train, test, ORDER, classes_per_experience=2, online=True, experience_size=32
+    )
     offline = curriculum_benchmark(train, test, ORDER, classes_per_experience=2)
     subs = list(bm.train_stream)
     origins = [s.origin_experience.current_experience for s in subs]
@@ -236,30 +241,79 @@ def test_avalanche_split_online_stream_problems_and_neve_workaround(digits_pair)
 
 def test_split_online_with_incremental_classifier_trains(digits_pair):
     bm = _exp_of_size(digits_pair)
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.head = IncrementalClassifier(64, initial_out_features=1)
-
-        def forward(self, x):
-            return self.head(x.flatten(1))
-
     for boundaries in (False, True):
-        torch.manual_seed(0)
-        net = Net()
-        strat = Naive(
-            net,
-            torch.optim.SGD(net.parameters(), lr=0.1),
-            torch.nn.CrossEntropyLoss(),
-            train_mb_size=32,
-            train_epochs=1,
-            evaluator=EvaluationPlugin(loggers=[]),
-        )
+        net, strat = _incremental_naive()
         stream = split_online(bm.train_stream, 32, access_task_boundaries=boundaries)
         for sub in stream:
             strat.train(sub)  # Avalanche's own split raises AttributeError here
         assert net.head.classifier.out_features == 2
+
+
+def _incremental_naive(in_features=64):
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = IncrementalClassifier(in_features, initial_out_features=1)
+
+        def forward(self, x):
+            return self.head(x.flatten(1))
+
+    torch.manual_seed(0)
+    net = Net()
+    strat = Naive(
+        model=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+        criterion=torch.nn.CrossEntropyLoss(),
+        train_mb_size=32,
+        train_epochs=1,
+        evaluator=EvaluationPlugin(loggers=[]),
+    )
+    return net, strat
+
+
+def test_online_si_blurry_trains_an_incremental_classifier(digits_pair):
+    # issue #11 finding 4: Avalanche's split_online_stream gave experiences without
+    # classes_in_this_experience, and IncrementalClassifier raised AttributeError
+    train, test = digits_pair
+    bm = si_blurry_benchmark(train, test, n_tasks=3, seed=0, online=True, experience_size=50)
+    offline = si_blurry_benchmark(train, test, n_tasks=3, seed=0)
+    subs = list(bm.train_stream)
+    for sub in subs:
+        got = set(torch.as_tensor(list(sub.dataset.targets)).tolist())
+        assert sorted(got) == sub.classes_in_this_experience
+        assert len(sub.dataset) <= 50
+    # the online stream cuts each task in its shuffled order, every item once
+    for t, task in enumerate(offline.train_stream):
+        mine = [s for s in subs if s.origin_experience.current_experience == t]
+        assert [s.is_last_subexp for s in mine] == [False] * (len(mine) - 1) + [True]
+        cut = torch.cat([torch.as_tensor(list(s.dataset.targets)) for s in mine])
+        assert torch.equal(cut, torch.as_tensor(list(task.dataset.targets)))
+    net, strat = _incremental_naive()
+    for sub in subs:
+        strat.train(sub)
+    assert net.head.classifier.out_features == 10
+
+
+def test_renamed_keywords_warn_and_keep_working(digits_pair):
+    train, test = digits_pair
+    with pytest.warns(FutureWarning, match="online_batch_size= is deprecated.*experience_size="):
+        old = si_blurry_benchmark(train, test, n_tasks=3, online=True, online_batch_size=40)
+    new = si_blurry_benchmark(train, test, n_tasks=3, online=True, experience_size=40)
+    assert [len(e.dataset) for e in old.train_stream] == [len(e.dataset) for e in new.train_stream]
+    with pytest.raises(TypeError, match="experience_size= only"), pytest.warns(FutureWarning):
+        si_blurry_benchmark(train, test, online=True, experience_size=5, online_batch_size=4)
+    sub = select_classes(train, [0, 1])
+    with pytest.warns(FutureWarning, match="mb_size= is deprecated.*experience_size="):
+        old = curriculum_benchmark(sub, test, [0, 1], online=True, mb_size=30)
+    new = curriculum_benchmark(sub, test, [0, 1], online=True, experience_size=30)
+    assert [len(e.dataset) for e in old.train_stream] == [len(e.dataset) for e in new.train_stream]
+    with pytest.warns(FutureWarning, match="samples_per_class= is deprecated.*max_per_class="):
+        cd = CurriculumDesigner(samples_per_class=7)
+    assert cd.max_per_class == 7
+    with pytest.warns(FutureWarning, match="samples_per_class is deprecated"):
+        assert cd.samples_per_class == 7
+    with pytest.raises(TypeError, match="max_per_class= only"), pytest.warns(FutureWarning):
+        CurriculumDesigner(max_per_class=3, samples_per_class=7)
 
 
 # ----------------------------------------------------------------------------- F
@@ -274,21 +328,27 @@ def test_f_equals_hand_computation():
         curriculum_effectiveness(np.array([[np.nan]]))
 
 
-def test_metric_reports_f_from_avalanche_accuracies(digits_pair):
-    train, test = digits_pair
-    order = [6, 1, 4]
-    bm = curriculum_benchmark(select_classes(train, order), select_classes(test, order), order)
+def _linear_naive_with_f(train_epochs):
+    """A seeded linear Naive learner whose evaluator holds CurriculumEffectiveness."""
     RNGManager.set_random_seeds(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     metric = CurriculumEffectiveness()
     strat = Naive(
-        model,
-        torch.optim.Adam(model.parameters(), lr=1e-2),
-        torch.nn.CrossEntropyLoss(),
+        model=model,
+        optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
+        criterion=torch.nn.CrossEntropyLoss(),
         train_mb_size=16,
-        train_epochs=3,
+        train_epochs=train_epochs,
         evaluator=EvaluationPlugin(accuracy_metrics(experience=True), metric, loggers=[]),
     )
+    return metric, strat
+
+
+def test_metric_reports_f_from_avalanche_accuracies(digits_pair):
+    train, test = digits_pair
+    order = [6, 1, 4]
+    bm = curriculum_benchmark(select_classes(train, order), select_classes(test, order), order)
+    metric, strat = _linear_naive_with_f(train_epochs=3)
     acc = np.full((3, 3), np.nan)
     for t, exp in enumerate(bm.train_stream):
         strat.train(exp)
@@ -326,16 +386,23 @@ def test_resumed_run_reports_the_same_f_and_weights(tmp_path):
 def test_designer_state_dict_round_trip():
     d_feats = torch.randn(40, 5, generator=torch.Generator().manual_seed(0)) + 1
     targets = torch.arange(4).repeat(10)
-    cd = CurriculumDesigner(samples_per_class=7, seed=3).fit_features(d_feats, targets)
+    cd = CurriculumDesigner(max_per_class=7, seed=3).fit_features(d_feats, targets)
     other = CurriculumDesigner()
     other.load_state_dict(cd.state_dict())
     assert other.rank() == cd.rank()
     assert other.score([2, 0, 3, 1]) == cd.score([2, 0, 3, 1])
-    assert other.samples_per_class == 7 and other.seed == 3
-    # samples_per_class is honoured: the prototypes use 7 of the 10 items of each class
+    assert other.max_per_class == 7 and other.seed == 3
+    # a state saved before the rename (key samples_per_class) loads the same
+    old = {
+        ("samples_per_class" if k == "max_per_class" else k): v for k, v in cd.state_dict().items()
+    }
+    older = CurriculumDesigner()
+    older.load_state_dict(old)
+    assert older.max_per_class == 7 and older.rank() == cd.rank()
+    # max_per_class is honoured: the prototypes use 7 of the 10 items of each class
     assert not torch.allclose(
         cd.prototypes_,
-        CurriculumDesigner(samples_per_class=None).fit_features(d_feats, targets).prototypes_,
+        CurriculumDesigner(max_per_class=None).fit_features(d_feats, targets).prototypes_,
     )
 
 
@@ -380,7 +447,7 @@ def test_bad_input_raises_clear_errors(digits_pair):
 def test_fit_on_a_dataset_with_a_custom_teacher(digits_pair):
     train, _ = digits_pair
     cd = CurriculumDesigner(
-        teacher=torch.nn.Flatten(), distance="euclidean", samples_per_class=None
+        teacher=torch.nn.Flatten(), distance="euclidean", max_per_class=None
     ).fit(train, classes=[0, 3, 5])
     x = train.data.flatten(1).double().numpy()
     y = train.targets.numpy()
@@ -394,19 +461,13 @@ def test_metric_on_the_online_stream_indexes_rows_by_origin_experience(digits_pa
     train, test = digits_pair
     order = [2, 9, 4]
     bm = curriculum_benchmark(
-        select_classes(train, order), select_classes(test, order), order, online=True, mb_size=16
+        select_classes(train, order),
+        select_classes(test, order),
+        order,
+        online=True,
+        experience_size=16,
     )
-    RNGManager.set_random_seeds(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
-    metric = CurriculumEffectiveness()
-    strat = Naive(
-        model=model,
-        optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
-        criterion=torch.nn.CrossEntropyLoss(),
-        train_mb_size=16,
-        train_epochs=1,
-        evaluator=EvaluationPlugin(accuracy_metrics(experience=True), metric, loggers=[]),
-    )
+    metric, strat = _linear_naive_with_f(train_epochs=1)
     acc = np.full((3, 3), np.nan)
     for sub in bm.train_stream:
         strat.train(sub)

@@ -1,0 +1,310 @@
+"""The Curriculum Designer (Singh et al., "Learning to Learn", ICCV 2023, Sec. 3).
+
+:class:`CurriculumDesigner` embeds up to ``max_per_class`` training images per
+class with a frozen teacher, keeps the class prototypes and their distance
+matrix, and ranks class orders by the CD score of
+:mod:`neve.benchmarks.curriculum_score` with the search of
+:mod:`neve.benchmarks.curriculum_search`.
+
+Note on the teacher: the paper uses an ImageNet SqueezeNet 1.1; neve uses the
+pretrained EfficientNet-Lite0 of :mod:`neve.models` (1280-d pooled features).
+The authors average batch means; neve takes the plain mean of the embeddings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure  # no pyplot: no GUI backend needed
+from torch.utils.data import Dataset
+
+from ..models.backbones import Backbone, pretrained_backbone
+from ..models.features import extract_features
+from .curriculum_score import (
+    DISTANCES,
+    check_order,
+    class_prototypes,
+    curriculum_score,
+    features_and_targets,
+    normalize_rows,
+    prototype_distances,
+    row_variances,
+)
+from .curriculum_search import rank_orders
+from .datasets import IndexedSubset, balanced_indices
+from .deprecation import NOT_GIVEN, renamed_keyword, warn_renamed
+
+
+class CurriculumDesigner:
+    """Rank class orders by the Curriculum Designer score (Singh et al., ICCV 2023).
+
+    The constructor only stores parameters; :meth:`fit` / :meth:`fit_features`
+    compute the prototypes and the distance matrix.
+
+    Args:
+        teacher: a frozen feature extractor, run by
+            :func:`~neve.models.extract_features` (eval mode, its ``transform``
+            attribute, if any, applied first, outputs flattened to ``[N, D]``).
+            ``None`` uses ``neve.models.pretrained_backbone()`` (EfficientNet-Lite0,
+            64 px). A :class:`~neve.models.Backbone`'s features are cached on
+            disk; those of any other module or callable are not.
+        distance: ``"cosine"`` or ``"euclidean"`` distance between prototypes.
+        max_per_class: images per class used for the prototypes (``None``: all).
+        seed: seed of the choice of those images.
+        device: where the teacher runs.
+        samples_per_class: deprecated name of ``max_per_class``.
+
+    Attributes (after fitting):
+        classes_: ``list[int]``, the fitted classes in ascending order.
+        prototypes_: ``[C, D]`` float64 tensor.
+        distances_: ``[C, C]`` float64 raw distance matrix (also ``distance_matrix``).
+    """
+
+    def __init__(
+        self,
+        teacher: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor] | None = None,
+        *,
+        distance: str = "cosine",
+        max_per_class: int | None = 500,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        samples_per_class: int | None = NOT_GIVEN,
+    ) -> None:
+        self.teacher = teacher
+        self.distance = distance
+        self.max_per_class = renamed_keyword(
+            max_per_class,
+            samples_per_class,
+            new="max_per_class",
+            old="samples_per_class",
+            default=500,
+        )
+        self.seed = seed
+        self.device = device
+
+    @property
+    def samples_per_class(self) -> int | None:
+        """Deprecated name of :attr:`max_per_class`."""
+        warn_renamed("samples_per_class", "max_per_class")
+        return self.max_per_class
+
+    @samples_per_class.setter
+    def samples_per_class(self, value: int | None) -> None:
+        warn_renamed("samples_per_class", "max_per_class")
+        self.max_per_class = value
+
+    # -- fitting
+    def _check_params(self) -> None:
+        if self.distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {DISTANCES}, got {self.distance!r}")
+        if self.max_per_class is not None and int(self.max_per_class) < 1:
+            raise ValueError(f"max_per_class must be >= 1 or None, got {self.max_per_class}")
+
+    def _subsample(self, targets: torch.Tensor, classes: list[int]) -> torch.Tensor:
+        """Sorted indices of up to ``max_per_class`` items of each class (seeded shuffle)."""
+        return balanced_indices(targets, self.max_per_class, classes, seed=int(self.seed))
+
+    @staticmethod
+    def _resolve_classes(targets: torch.Tensor, classes: Sequence[int] | None) -> list[int]:
+        """``classes`` (default: all of ``targets``) checked and sorted."""
+        present = sorted(torch.unique(targets).tolist())
+        classes = check_order(present if classes is None else classes, name="classes")
+        empty = sorted(set(classes) - set(present))
+        if empty:
+            raise ValueError(f"classes {empty} have no samples in the data (present: {present})")
+        return sorted(classes)
+
+    def fit_features(
+        self, features: torch.Tensor, targets: torch.Tensor, classes: Sequence[int] | None = None
+    ) -> CurriculumDesigner:
+        """Fit from precomputed teacher embeddings ``[N, D]`` and labels ``[N]``.
+
+        Up to ``max_per_class`` items of each class are drawn (seeded) before averaging.
+        """
+        self._check_params()
+        features, targets = features_and_targets(features, targets)
+        classes = self._resolve_classes(targets, classes)
+        keep = self._subsample(targets, classes)
+        protos = class_prototypes(features[keep], targets[keep], classes)
+        dist = prototype_distances(protos, self.distance)
+        normalize_rows(dist)  # raises now if two prototypes coincide
+        self.classes_ = classes
+        self.prototypes_ = protos
+        self.distances_ = torch.from_numpy(dist)
+        return self
+
+    def fit(self, dataset: Dataset, classes: Sequence[int] | None = None) -> CurriculumDesigner:
+        """Embed up to ``max_per_class`` images per class of ``dataset`` and fit.
+
+        Args:
+            dataset: items ``(image, label, ...)`` with ``.targets``.
+            classes: classes to fit (default: all classes of ``dataset``).
+        """
+        self._check_params()
+        if not hasattr(dataset, "targets"):
+            raise ValueError("dataset must have .targets")
+        targets = torch.as_tensor(dataset.targets).long()
+        classes = self._resolve_classes(targets, classes)
+        subset = IndexedSubset(dataset, self._subsample(targets, classes))
+        feats, labels = self._embed(subset)
+        return self.fit_features(feats, labels, classes)
+
+    def _embed(self, dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher features ``[N, D]`` (float32, CPU) and labels ``[N]`` of ``dataset``."""
+        teacher = self.teacher if self.teacher is not None else pretrained_backbone()
+        return extract_features(
+            teacher,
+            dataset,
+            device=self.device,
+            cache=isinstance(teacher, Backbone),
+            preprocess=True,
+        )
+
+    # -- querying
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "distances_"):
+            raise RuntimeError("CurriculumDesigner is not fitted: call fit() or fit_features()")
+
+    @property
+    def distance_matrix(self) -> torch.Tensor:
+        """``[C, C]`` raw distances between the prototypes of ``classes_``."""
+        self._check_fitted()
+        return self.distances_
+
+    def _index(self, classes: list[int], name: str) -> np.ndarray:
+        unknown = sorted(set(classes) - set(self.classes_))
+        if unknown:
+            raise ValueError(f"{name} holds classes {unknown} not fitted (fitted: {self.classes_})")
+        pos = {c: i for i, c in enumerate(self.classes_)}
+        return np.array([pos[c] for c in classes], dtype=np.int64)
+
+    def normalized_distances(
+        self, classes: Sequence[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Row-normalised distances ``d`` and rescaled variances ``var`` among ``classes``.
+
+        As in the paper, the normalisation uses only the classes being ordered.
+        Row/column ``i`` is ``classes[i]``.
+        """
+        self._check_fitted()
+        classes = self.classes_ if classes is None else check_order(classes, name="classes")
+        idx = self._index(classes, "classes")
+        raw = self.distances_.numpy()[np.ix_(idx, idx)]
+        d = normalize_rows(raw)
+        return d, row_variances(d)
+
+    def score(self, order: Sequence[int], classes: Sequence[int] | None = None) -> float:
+        """CD score of ``order`` (class labels) among its own classes.
+
+        Args:
+            order: class labels in teaching order.
+            classes: if given, ``order`` must be a permutation of them.
+        """
+        self._check_fitted()
+        order = check_order(order, classes)
+        self._index(order, "order")
+        ref = sorted(order)
+        d, var = self.normalized_distances(ref)
+        pos = {c: i for i, c in enumerate(ref)}
+        return curriculum_score([pos[c] for c in order], d, var)
+
+    def rank(
+        self,
+        classes: Sequence[int] | None = None,
+        top_k: int | None = None,
+        search: str = "auto",
+        return_scores: bool = False,
+        beam_width: int | None = None,
+    ):
+        """Orders of ``classes`` best first.
+
+        Args:
+            classes: classes to order (default: all fitted classes).
+            top_k: keep the ``top_k`` best (default: all orders when exhaustive,
+                the whole final beam otherwise).
+            search: ``"exhaustive"`` (all ``n!`` orders, vectorised), ``"beam"``
+                (:func:`beam_search_orders` then :func:`local_search` on each
+                beam order) or ``"auto"`` (exhaustive for ``n <= 8``).
+            return_scores: also return the scores.
+            beam_width: beam width of the search (``None``: :func:`default_beam_width`).
+
+        Returns:
+            ``list[tuple[int, ...]]`` of class orders, or ``(orders, scores)`` with
+            ``scores`` a float64 array when ``return_scores``.
+        """
+        self._check_fitted()
+        classes = self.classes_ if classes is None else sorted(check_order(classes, name="classes"))
+        d, var = self.normalized_distances(classes)
+        orders, scores = rank_orders(
+            d, var, top_k=top_k, search=search, beam_width=beam_width, seed=self.seed
+        )
+        result = list(map(tuple, np.asarray(classes)[orders].tolist()))
+        return (result, scores) if return_scores else result
+
+    def best_order(self, classes: Sequence[int] | None = None) -> tuple[int, ...]:
+        """The highest-scoring order of ``classes`` (default: all fitted classes)."""
+        return self.rank(classes, top_k=1)[0]
+
+    def plot(
+        self,
+        path: str | os.PathLike,
+        order: Sequence[int] | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        """Save a heatmap of the row-normalised distances, rows and columns in ``order``.
+
+        Args:
+            path: image file to write (format from the suffix, e.g. ``.png``).
+            order: class labels (default: :meth:`best_order`).
+            class_names: names indexed by class label, for the tick labels.
+        """
+        order = list(self.best_order() if order is None else check_order(order))
+        self._index(order, "order")
+        d, _ = self.normalized_distances(sorted(order))
+        pos = {c: i for i, c in enumerate(sorted(order))}
+        idx = [pos[c] for c in order]
+        m = d[np.ix_(idx, idx)]
+        ticks = [class_names[c] if class_names is not None else str(c) for c in order]
+        fig = Figure(figsize=(1.0 + 0.5 * len(order), 0.8 + 0.5 * len(order)))
+        ax = fig.add_subplot()
+        im = ax.imshow(m, cmap="viridis")
+        ax.set_xticks(range(len(order)), ticks, rotation=90)
+        ax.set_yticks(range(len(order)), ticks)
+        ax.set_title(f"normalised {self.distance} distance, score {self.score(order):.3f}")
+        fig.colorbar(im, ax=ax)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+
+    # -- state
+    def state_dict(self) -> dict:
+        """Parameters and fitted state as plain tensors / ints / strings."""
+        state = {
+            "distance": self.distance,
+            "max_per_class": self.max_per_class,
+            "seed": self.seed,
+        }
+        if hasattr(self, "distances_"):
+            state.update(
+                classes=torch.tensor(self.classes_),
+                prototypes=self.prototypes_.clone(),
+                distances=self.distances_.clone(),
+            )
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned (the teacher is not part of it).
+
+        States saved before the rename hold ``samples_per_class`` instead of
+        ``max_per_class``; they load the same.
+        """
+        self.distance = state["distance"]
+        key = "max_per_class" if "max_per_class" in state else "samples_per_class"
+        self.max_per_class = state[key]
+        self.seed = state["seed"]
+        if "distances" in state:
+            self.classes_ = [int(c) for c in state["classes"]]
+            self.prototypes_ = state["prototypes"].clone()
+            self.distances_ = state["distances"].clone()
