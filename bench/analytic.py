@@ -1,6 +1,6 @@
 """Benchmark of neve's analytic class-incremental learning (ACIL / G-ACIL); prints JSON.
 
-    python bench/analytic.py            # everything (about 15 minutes on 2 CPU cores)
+    python bench/analytic.py            # everything
     python bench/analytic.py --quick    # buffer 1024 only, accuracies on 3,000 samples
 
 Inputs are *real* features: Fashion-MNIST through the pretrained EfficientNet-Lite0
@@ -161,7 +161,7 @@ def split_accuracies(buffer_size: int, subset_per_class: int | None) -> dict:
     from avalanche.training.supervised import Naive, StreamingLDA
 
     from neve.benchmarks import LabelledTensorDataset, class_balanced_subset
-    from neve.models.analytic import joint_ridge_solution
+    from neve.models.ridge import joint_ridge_solution
     from neve.strategies import AnalyticCIL
 
     xtr, ytr, xte, yte = load_features()
@@ -187,7 +187,8 @@ def split_accuracies(buffer_size: int, subset_per_class: int | None) -> dict:
     train = LabelledTensorDataset(xtr, ytr)
     bm = nc_benchmark(train, LabelledTensorDataset(xte, yte), n_experiences=5,
                       task_labels=False, seed=0)
-    strategy = AnalyticCIL(nn.Identity(), xtr.shape[1], buffer_size=buffer_size, gamma=1.0,
+    strategy = AnalyticCIL(backbone=nn.Identity(), feature_dim=xtr.shape[1],
+                           buffer_size=buffer_size, gamma=1.0,
                            train_mb_size=FIT_BATCH, eval_mb_size=2048, evaluator=evaluator())
     out["analytic_cil"], out["analytic_cil_train_seconds"] = run(strategy, bm)
     with torch.no_grad():

@@ -19,8 +19,8 @@ Avalanche's NCMClassifier) and ``analytic`` (neve's AnalyticCIL). Replay is only
 run for ``tune``: the other two keep exact sufficient statistics of every
 support item, so replaying stored items would only count them twice.
 
-    nice -n 10 python bench/instance_test.py                 # 100 episodes each
-    python bench/instance_test.py --quick                    # 10 episodes, a check
+    nice -n 10 python bench/instance_test.py                 # the full grid
+    python bench/instance_test.py --quick                    # a few episodes, a check
     python bench/instance_test.py --episodes 30 --out r.json # per-episode figures too
 """
 
@@ -46,6 +46,7 @@ from neve.benchmarks import (
 )
 from neve.models import pretrained_backbone
 from neve.strategies import (
+    AnalyticCIL,
     NearestPrototype,
     episode_evaluator,
     paper_replay_settings,
@@ -81,13 +82,9 @@ def make_factory(method: str, n_classes: int, support_sets: int, args):
     if method == "prototype":
         return lambda: NearestPrototype(num_classes=n_classes, device=args.device)
     if method == "analytic":
-        try:
-            from neve.strategies.analytic import AnalyticCIL
-        except ImportError:
-            return None
-        return lambda: AnalyticCIL(torch.nn.Identity(), 1280, buffer_size=args.acil_buffer,
-                                   gamma=args.acil_gamma, device=args.device,
-                                   evaluator=episode_evaluator())
+        return lambda: AnalyticCIL(backbone=torch.nn.Identity(), feature_dim=1280,
+                                   buffer_size=args.acil_buffer, gamma=args.acil_gamma,
+                                   device=args.device, evaluator=episode_evaluator())
     raise ValueError(f"unknown method {method!r}")
 
 

@@ -1,5 +1,12 @@
 """Streams, class orders and offline datasets for Avalanche benchmarks."""
 
+from neve.benchmarks.corruptions import (
+    Occlusion,
+    PixelNoise,
+    disc_mask,
+    make_corruption,
+    occlusion_radius,
+)
 from neve.benchmarks.curriculum import curriculum_benchmark, select_classes
 from neve.benchmarks.curriculum_designer import CurriculumDesigner
 from neve.benchmarks.curriculum_score import curriculum_score, score_orders
@@ -11,25 +18,14 @@ from neve.benchmarks.datasets import (
     digits,
     fashion_mnist,
 )
+from neve.benchmarks.episode_features import BackboneFeatures, encode_episode, encode_episodes
 from neve.benchmarks.episodes import (
-    BackboneFeatures,
     EpisodeResults,
-    encode_episode,
-    encode_episodes,
     mean_confidence_interval,
     paired_conditions,
     run_episodes,
 )
-from neve.benchmarks.instance import (
-    Occlusion,
-    PixelNoise,
-    cfsl_episodes,
-    disc_mask,
-    episode_benchmark,
-    instance_test_episodes,
-    make_corruption,
-    occlusion_radius,
-)
+from neve.benchmarks.instance import cfsl_episodes, episode_benchmark, instance_test_episodes
 from neve.benchmarks.online import BoundaryAwareOnlineExperience, split_online
 from neve.benchmarks.si_blurry import si_blurry_benchmark, si_blurry_split
 

@@ -3,22 +3,20 @@
 * :func:`run_episodes` trains a new strategy (from a factory) on each episode's
   train stream, evaluates it on the test stream and returns
   :class:`EpisodeResults`.
-* :func:`encode_episodes` turns image episodes into episodes over the features
-  of a frozen backbone, computed once per episode (and memoised per image), so
-  learners on a frozen pretrained backbone train on features.
 * :func:`paired_conditions` zips episode generators that share their support sets
   (same seed, different query corruptions) so that each strategy is trained once
   per episode and evaluated under every condition.
+
+Episodes over a frozen backbone's features: :mod:`neve.benchmarks.episode_features`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,17 +24,7 @@ from avalanche.benchmarks.scenarios.generic_scenario import CLScenario
 from scipy import stats
 from tqdm.auto import tqdm
 
-from neve.benchmarks.instance import episode_benchmark
-
 STREAM_ACCURACY_KEY = "Top1_Acc_Stream/eval_phase/test_stream"
-EXTRA_ATTRIBUTES = (
-    "episode_index",
-    "source_class",
-    "source_indices",
-    "source_classes",
-    "support_indices",
-    "query_indices",
-)
 
 
 def mean_confidence_interval(values: Iterable[float], level: float = 0.95) -> tuple[float, float]:
@@ -67,7 +55,6 @@ class EpisodeResults:
     accuracies: dict[str, list[float]]
     seconds: float
     name: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def n_episodes(self) -> int:
@@ -108,7 +95,6 @@ class EpisodeResults:
             if per_episode:
                 entry["per_episode"] = [round(a, 4) for a in accs]
             out["conditions"][cond] = entry
-        out.update(self.extra)
         return out
 
     def to_json(self, per_episode: bool = True, **kwargs) -> str:
@@ -171,7 +157,7 @@ def run_episodes(
     make_strategy: Callable[[], object],
     episodes: Iterable[CLScenario | Mapping[str, CLScenario]],
     name: str = "",
-    progress: bool = True,
+    progress: bool | None = None,
     total: int | None = None,
 ) -> EpisodeResults:
     """Train a fresh strategy on each episode and evaluate it on the queries.
@@ -188,7 +174,7 @@ def run_episodes(
         make_strategy: factory returning a NEW strategy on every call.
         episodes: benchmarks, or dicts of benchmarks sharing their train stream.
         name: label stored in the results.
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar; None (default): on a terminal only.
         total: number of episodes, for the progress bar.
 
     Raises:
@@ -198,7 +184,8 @@ def run_episodes(
     accuracies: dict[str, list[float]] = {}
     previous = None
     start = time.perf_counter()
-    for episode in tqdm(episodes, desc=name or "episodes", total=total, disable=not progress):
+    disable = None if progress is None else not progress
+    for episode in tqdm(episodes, desc=name or "episodes", total=total, disable=disable):
         conditions = dict(episode) if isinstance(episode, Mapping) else {"test": episode}
         if not conditions:
             raise ValueError("an episode dict must hold at least one benchmark")
@@ -231,121 +218,3 @@ def _stream_accuracy(metrics: Mapping[str, float]) -> float:
         "EvaluationPlugin(accuracy_metrics(stream=True), ...) "
         f"(got metrics {sorted(metrics)})"
     )
-
-
-# --------------------------------------------------------------------------- features
-
-
-def _experience_tensors(experience) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = [], []
-    for item in experience.dataset:
-        xs.append(torch.as_tensor(item[0]))
-        ys.append(int(item[1]))
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
-
-
-def _image_key(image: torch.Tensor) -> bytes:
-    x = image.detach().cpu().contiguous()
-    return hashlib.sha1(str(tuple(x.shape)).encode() + x.numpy().tobytes()).digest()
-
-
-class BackboneFeatures:
-    """Callable mapping images ``[B, C, H, W]`` to frozen-backbone features ``[B, D]``.
-
-    Applies ``backbone.transform`` then ``backbone`` (eval mode, no gradients) and
-    memoises the features by the images' bytes (up to ``max_items``; 0 disables),
-    so an image met again (a support image in another presentation, the same
-    corrupted query...) is not encoded twice. Pass one instance to several
-    :func:`encode_episodes` calls to share the memo.
-    """
-
-    def __init__(
-        self,
-        backbone,
-        device: str | torch.device = "cpu",
-        batch_size: int = 256,
-        max_items: int = 50_000,
-    ) -> None:
-        backbone.eval().to(device).to(memory_format=torch.channels_last)
-        self.backbone = backbone
-        self.device = torch.device(device)
-        self.batch_size = batch_size
-        self.max_items = max_items
-        self.store: dict[bytes, torch.Tensor] = {}
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        keys = [_image_key(x) for x in images]
-        missing = [i for i, k in enumerate(keys) if k not in self.store]
-        fresh: dict[bytes, torch.Tensor] = {}
-        for lo in range(0, len(missing), self.batch_size):
-            idx = missing[lo : lo + self.batch_size]
-            x = self.backbone.transform(images[idx].to(self.device))
-            # channels_last runs EfficientNet's depthwise convolutions faster on CPU
-            x = x.contiguous(memory_format=torch.channels_last)
-            feats = self.backbone(x).float().cpu()
-            for i, f in zip(idx, feats, strict=True):
-                fresh[keys[i]] = f
-        out = torch.stack([self.store.get(k, fresh.get(k)) for k in keys])
-        if self.max_items > 0:
-            if len(self.store) + len(fresh) > self.max_items:
-                self.store.clear()
-            self.store.update(fresh)
-        return out
-
-
-def encode_episode(benchmark: CLScenario, features: Callable[[torch.Tensor], torch.Tensor]):
-    """The same episode with every input ``x`` replaced by ``features(x)``.
-
-    Keeps the experiences, labels and the episode attributes (``episode_index``,
-    ``source_indices``...). ``features`` maps a batch ``[B, ...]`` to ``[B, D]``.
-    """
-    train = [_experience_tensors(exp) for exp in benchmark.train_stream]
-    test = [_experience_tensors(exp) for exp in benchmark.test_stream]
-    if len(test) != 1:
-        raise ValueError(f"expected one test experience, got {len(test)}")
-    support_x = features(torch.cat([x for x, _ in train]))
-    support_y = torch.cat([y for _, y in train])
-    query_x = features(test[0][0])
-    out = episode_benchmark(support_x, support_y, query_x, test[0][1], len(train))
-    for attr in EXTRA_ATTRIBUTES:
-        if hasattr(benchmark, attr):
-            setattr(out, attr, getattr(benchmark, attr))
-    return out
-
-
-def encode_episodes(
-    episodes: Iterable[CLScenario | Mapping[str, CLScenario]],
-    backbone,
-    device: str | torch.device = "cpu",
-    batch_size: int = 256,
-    memo_items: int = 50_000,
-):
-    """Map image episodes to episodes over a frozen backbone's features.
-
-    Each image goes through ``backbone.transform`` (upsampling, 3 channels,
-    normalisation) and ``backbone`` in eval mode, without gradients. Features
-    are memoised by image bytes (up to ``memo_items``, 0 disables), so support
-    images repeated across conditions or presentations are encoded once.
-
-    Args:
-        episodes: benchmarks or dicts of benchmarks (as :func:`run_episodes` takes).
-        backbone: a :class:`neve.models.Backbone` (or any module with ``.transform``),
-            or a :class:`BackboneFeatures` (whose memo is then shared).
-        device: where the backbone runs.
-        batch_size: images per forward pass.
-        memo_items: features kept in the memo.
-
-    Yields:
-        the episodes, with feature tensors ``[D]`` as inputs.
-    """
-    memo = (
-        backbone
-        if isinstance(backbone, BackboneFeatures)
-        else BackboneFeatures(backbone, device, batch_size, memo_items)
-    )
-    for episode in episodes:
-        if isinstance(episode, Mapping):
-            yield {k: encode_episode(bm, memo) for k, bm in episode.items()}
-        else:
-            yield encode_episode(episode, memo)

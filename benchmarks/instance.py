@@ -19,8 +19,7 @@ first episodes of two calls with the same seed are identical, whatever
 ``n_episodes``, ``support_sets`` or ``corruption``: the same images (and, for
 the same corruption and severity, the same corrupted queries) come back.
 
-The corruptions are transforms usable on their own: :class:`Occlusion` and
-:class:`PixelNoise`.
+The query corruptions live in :mod:`neve.benchmarks.corruptions`.
 """
 
 from __future__ import annotations
@@ -37,164 +36,8 @@ from avalanche.benchmarks.utils.classification_dataset import (
 )
 from torch.utils.data import Dataset
 
-from neve.benchmarks.datasets import LabelledTensorDataset
-
-CORRUPTIONS = ("occlusion", "noise")
-
-
-# --------------------------------------------------------------------------- corruptions
-
-
-def occlusion_radius(radius_fraction: float, height: int) -> int:
-    """Disc radius in pixels: ``floor(radius_fraction * height)`` (the authors' rounding)."""
-    return int(radius_fraction * height)
-
-
-def disc_mask(height: int, width: int, radius: int, row: int, col: int) -> torch.Tensor:
-    """Boolean ``[height, width]`` mask of the pixels within ``radius`` of ``(row, col)``.
-
-    A pixel ``(i, j)`` is inside when ``(i - row)^2 + (j - col)^2 <= radius^2``.
-    """
-    i = torch.arange(height).unsqueeze(1)
-    j = torch.arange(width).unsqueeze(0)
-    return (i - row) ** 2 + (j - col) ** 2 <= radius**2
-
-
-def _check_fraction(name: str, value: float) -> float:
-    value = float(value)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-    return value
-
-
-def _check_images(x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4):
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"image must be a tensor [C, H, W] or [B, C, H, W], got {shape}")
-
-
-def _make_generator(seed: int | None, generator: torch.Generator | None):
-    if seed is not None and generator is not None:
-        raise ValueError("give seed or generator, not both")
-    if seed is not None:
-        return torch.Generator().manual_seed(int(seed))
-    return generator
-
-
-class Occlusion:
-    """Zero-fills a disc of radius ``floor(radius_fraction * H)`` pixels at a random place.
-
-    Kowadlo et al. (2022), instance test, occlusion with ``r`` in {0.05, 0.1, 0.2,
-    0.3}. As in the authors' code (Cerenaut/cfsl), the centre is drawn uniformly
-    among integer positions ``row in [r, H - r)``, ``col in [r, W - r)``, so the
-    disc lies inside the image, and every channel of the covered pixels is set
-    to 0. Each image of a batch gets its own centre. A radius of 0 pixels leaves
-    the image unchanged.
-
-    Args:
-        radius_fraction: disc radius as a fraction of the image height, in [0, 1].
-        seed: seeds a private generator, so a sequence of calls repeats exactly.
-        generator: a ``torch.Generator`` to draw the centres from instead
-            (default: torch's global generator when neither is given).
-
-    Call it on ``[C, H, W]`` or ``[B, C, H, W]``; it returns a new tensor.
-    """
-
-    def __init__(
-        self,
-        radius_fraction: float,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        self.radius_fraction = _check_fraction("radius_fraction", radius_fraction)
-        self.generator = _make_generator(seed, generator)
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        _check_images(image)
-        batch = image if image.dim() == 4 else image.unsqueeze(0)
-        height, width = batch.shape[-2:]
-        radius = occlusion_radius(self.radius_fraction, height)
-        out = batch.clone()
-        if radius == 0:
-            return out if image.dim() == 4 else out[0]
-        for b in range(out.shape[0]):
-            row = _uniform_int(radius, height - radius, height, self.generator)
-            col = _uniform_int(radius, width - radius, width, self.generator)
-            out[b][:, disc_mask(height, width, radius, row, col)] = 0
-        return out if image.dim() == 4 else out[0]
-
-    def __repr__(self) -> str:
-        return f"Occlusion(radius_fraction={self.radius_fraction})"
-
-
-def _uniform_int(low: int, high: int, size: int, generator: torch.Generator | None) -> int:
-    """Integer uniform in ``[low, high)``; the middle pixel when that range is empty."""
-    if high <= low:
-        return size // 2
-    return int(torch.randint(low, high, (1,), generator=generator))
-
-
-class PixelNoise:
-    """Replaces ``floor(fraction * H * W)`` pixels, chosen without replacement, by U(0, 1) noise.
-
-    Kowadlo et al. (2022), instance test, noise with ``p`` in {0.05, 0.1, 0.2,
-    0.4}. A *pixel* is a spatial position: all channels of a chosen pixel are
-    replaced together, each channel by its own U(0, 1) draw. (The authors' code
-    picks positions over all channel values independently; for 1-channel
-    images, like Omniglot and Fashion-MNIST, the two are the same.) Each image
-    of a batch gets its own positions and values.
-
-    Args:
-        fraction: share of the pixels replaced, in [0, 1].
-        seed: seeds a private generator, so a sequence of calls repeats exactly.
-        generator: a ``torch.Generator`` to draw from instead.
-
-    Call it on ``[C, H, W]`` or ``[B, C, H, W]`` images in [0, 1]; it returns a new tensor.
-    """
-
-    def __init__(
-        self,
-        fraction: float,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        self.fraction = _check_fraction("fraction", fraction)
-        self.generator = _make_generator(seed, generator)
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        _check_images(image)
-        batch = image if image.dim() == 4 else image.unsqueeze(0)
-        channels, height, width = batch.shape[1:]
-        n_pixels = int(self.fraction * height * width)
-        out = batch.clone()
-        for b in range(out.shape[0]):
-            where = torch.randperm(height * width, generator=self.generator)[:n_pixels]
-            noise = torch.rand(channels, n_pixels, generator=self.generator)
-            flat = out[b].reshape(channels, height * width)  # a view of out[b]
-            flat[:, where] = noise.to(dtype=out.dtype, device=out.device)
-        return out if image.dim() == 4 else out[0]
-
-    def __repr__(self) -> str:
-        return f"PixelNoise(fraction={self.fraction})"
-
-
-def make_corruption(corruption: str | None, severity: float, seed: int | None = None):
-    """The transform named ``corruption`` ("occlusion", "noise" or None) at ``severity``.
-
-    ``severity`` is the radius fraction ``r`` for occlusion and the pixel fraction
-    ``p`` for noise. Returns None for ``corruption=None``.
-    """
-    severity = _check_fraction("severity", severity)
-    if corruption is None:
-        return None
-    if corruption == "occlusion":
-        return Occlusion(severity, seed=seed)
-    if corruption == "noise":
-        return PixelNoise(severity, seed=seed)
-    raise ValueError(f"corruption must be None or one of {CORRUPTIONS}, got {corruption!r}")
-
-
-# --------------------------------------------------------------------------- episodes
+from .corruptions import corrupt_images, make_corruption
+from .datasets import LabelledTensorDataset
 
 
 def _episode_rng(seed: int, episode: int, stream: int) -> np.random.Generator:
@@ -336,13 +179,9 @@ def instance_test_episodes(
             chosen = rng.choice(by_class[cls], size=n, replace=False)
             images = _stack_images(dataset, chosen)
             labels = torch.arange(n)
-            queries = images.clone()
-            transform = make_corruption(
-                corruption, severity, seed=_torch_seed(_episode_rng(seed, e, 1))
+            queries = corrupt_images(
+                images, corruption, severity, seed=_torch_seed(_episode_rng(seed, e, 1))
             )
-            if transform is not None:
-                _check_images(queries[0])
-                queries = transform(queries)
             bm = episode_benchmark(images, labels, queries, labels.clone(), s)
             yield _annotate(
                 bm,
@@ -417,13 +256,10 @@ def cfsl_episodes(
             query_idx = np.concatenate(query_idx)
             support_y = torch.arange(n_classes).repeat_interleave(shots)
             query_y = torch.arange(n_classes).repeat_interleave(query_shots)
-            queries = _stack_images(dataset, query_idx)
-            transform = make_corruption(
-                corruption, severity, seed=_torch_seed(_episode_rng(seed, e, 1))
+            queries = corrupt_images(
+                _stack_images(dataset, query_idx), corruption, severity,
+                seed=_torch_seed(_episode_rng(seed, e, 1)),
             )
-            if transform is not None:
-                _check_images(queries[0])
-                queries = transform(queries)
             bm = episode_benchmark(
                 _stack_images(dataset, support_idx), support_y, queries, query_y, s
             )

@@ -10,7 +10,7 @@
    ``features`` sub-module feeds a closed-form head that answers evaluation.
 
     python examples/analytic.py                    # Fashion-MNIST (cached features)
-    python examples/analytic.py --dataset digits   # seconds
+    python examples/analytic.py --dataset digits   # small and quick
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from neve.benchmarks import (
     si_blurry_benchmark,
 )
 from neve.models import PretrainedClassifier, extract_features, pretrained_backbone
-from neve.models.analytic import joint_ridge_solution
-from neve.plugins import AnalyticHeadPlugin
+from neve.models.ridge import joint_ridge_solution
+from neve.plugins import AnalyticHeadPlugin, PhaseProgressLogger
 from neve.strategies import AnalyticCIL
 
 STREAM_ACC = "Top1_Acc_Stream/eval_phase/test_stream/Task000"
@@ -50,7 +50,7 @@ def features(dataset: str, device: str):
 
 
 def evaluator() -> EvaluationPlugin:
-    return EvaluationPlugin(accuracy_metrics(stream=True), loggers=[])
+    return EvaluationPlugin(accuracy_metrics(stream=True), loggers=[PhaseProgressLogger()])
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     # 1. class-incremental stream, compared with the joint solution
     bm = nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=0)
-    acil = AnalyticCIL(nn.Identity(), dim, buffer_size=args.buffer_size, gamma=args.gamma,
+    acil = AnalyticCIL(backbone=nn.Identity(), feature_dim=dim,
+                       buffer_size=args.buffer_size, gamma=args.gamma,
                        train_mb_size=1024, eval_mb_size=1024, device=args.device,
                        evaluator=evaluator())
     for exp in bm.train_stream:
@@ -87,8 +88,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     small = class_balanced_subset(train, per_class=100, seed=0)
     small = LabelledTensorDataset(train.data[small.indices], small.targets)
     blurry = si_blurry_benchmark(small, test, n_tasks=5, seed=0, online=True,
-                                 online_batch_size=50)
-    online = AnalyticCIL(nn.Identity(), dim, buffer_size=args.buffer_size, gamma=args.gamma,
+                                 experience_size=50)
+    online = AnalyticCIL(backbone=nn.Identity(), feature_dim=dim,
+                         buffer_size=args.buffer_size, gamma=args.gamma,
                          train_mb_size=1, eval_mb_size=1024, device=args.device,
                          evaluator=evaluator())
     for exp in blurry.train_stream:
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     torch.manual_seed(0)
     model = PretrainedClassifier(nn.Identity(), num_classes=10, feature_dim=dim)
     plugin = AnalyticHeadPlugin(buffer_size=args.buffer_size, gamma=args.gamma)
-    naive = Naive(model, torch.optim.Adam(model.parameters(), lr=1e-3), nn.CrossEntropyLoss(),
+    naive = Naive(model=model, optimizer=torch.optim.Adam(model.parameters(), lr=1e-3),
                   train_mb_size=64, eval_mb_size=1024, device=args.device, plugins=[plugin],
                   evaluator=evaluator())
     for exp in bm.train_stream:

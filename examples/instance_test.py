@@ -12,7 +12,6 @@ Baselines learn on the frozen EfficientNet-Lite0 features.
 from __future__ import annotations
 
 import argparse
-import warnings
 
 import torch
 
@@ -36,7 +35,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore")
 
     data = fashion_mnist()[1] if args.dataset == "fashion_mnist" else digits(seed=args.seed)[0]
     conditions = {"clean": (None, 0.0), "occlusion r=0.3": ("occlusion", 0.3),

@@ -1,4 +1,4 @@
-"""Closed-form analytic class-incremental learning: ACIL / G-ACIL heads.
+"""Closed-form analytic class-incremental learning: the ACIL / G-ACIL network.
 
 Papers: Zhuang et al., "ACIL: Analytic Class-Incremental Learning with Absolute
 Memorization and Privacy Protection" (NeurIPS 2022), and Zhuang et al.,
@@ -6,27 +6,22 @@ Memorization and Privacy Protection" (NeurIPS 2022), and Zhuang et al.,
 Learning" (2024).
 
 A frozen feature extractor f, a buffer layer ``B(x) = ReLU(x W_B)`` with a fixed
-random ``W_B``, and a ridge-regression classifier on the buffer features. After
-any data seen so far the classifier is the *joint* ridge solution over all of it
+random ``W_B`` (:class:`BufferLayer`), and a ridge classifier on the buffer
+features (:class:`RecursiveLeastSquares`) that equals, after any data seen so
+far, the joint ridge solution over all of it (ACIL eq. 6), so nothing is
+forgotten and no exemplar is kept. The math is in :mod:`neve.models.ridge`; two
+ways to reach the solution:
 
-    W = (X^T X + gamma I)^-1 X^T Y                          (ACIL eq. 6 / G-ACIL eq. 5)
+* ``method="accumulate"`` (default): keep ``A = sum X^T X`` and ``C = sum X^T Y``
+  and solve when predictions are needed, with a cached Cholesky factorisation.
+  It costs the lower triangle of one ``X^T X`` per batch, and it is the only form
+  whose statistics can be summed across workers;
+* ``method="woodbury"``: keep ``R = (X^T X + gamma I)^-1`` and ``W`` and update
+  both per mini-batch with the Woodbury identity (ACIL eq. 10-11, G-ACIL eq.
+  9-10), which rewrites all of ``R`` per batch.
 
-with ``X`` the buffer features and ``Y`` the one-hot targets of every sample
-seen, so nothing is forgotten and no exemplar is kept. Two ways to get there:
-
-* recursive (ACIL eq. 10-11, G-ACIL eq. 9-10): keep ``R = (X^T X + gamma I)^-1``
-  and ``W``, update both per mini-batch with the Woodbury identity
-  (:func:`woodbury_update`);
-* accumulate-and-solve: keep the sufficient statistics ``A = sum X^T X`` and
-  ``C = sum X^T Y`` (:func:`accumulate_statistics`) and solve when predictions are
-  needed (:func:`solve_ridge`), with a cached Cholesky factorisation.
-
-Both give the same ``W`` up to rounding (``tests/test_analytic.py``). Measured on
-2 CPU cores (``bench/analytic.py``) accumulate-and-solve is several times faster:
-it costs the lower triangle of one ``X^T X`` per batch, while Woodbury multiplies
-``R`` (``b x b``) by ``X^T`` twice and rewrites all of ``R`` per batch. It is the
-default, and the only form whose statistics can be summed across workers
-(distributed training).
+Both give the same ``W`` up to rounding (``tests/test_analytic.py``);
+``bench/analytic.py`` times them.
 
 Distributed: when ``torch.distributed`` is initialised,
 :meth:`RecursiveLeastSquares.partial_fit` all-reduces (sums) each batch's
@@ -41,162 +36,18 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from .ridge import (
+    accumulate_statistics,
+    check_features,
+    check_labels,
+    solve_ridge,
+    woodbury_update,
+)
+
 _METHODS = ("accumulate", "woodbury")
-
-
-# ----------------------------------------------------------------------------- pure math
-def one_hot(labels: torch.Tensor, num_classes: int, dtype=torch.float64) -> torch.Tensor:
-    """One-hot targets ``Y`` ``[n, num_classes]`` of integer ``labels`` ``[n]``."""
-    y = torch.zeros(labels.shape[0], num_classes, dtype=dtype, device=labels.device)
-    y[torch.arange(labels.shape[0], device=labels.device), labels] = 1.0
-    return y
-
-
-def add_lower_gram(gram: torch.Tensor, x: torch.Tensor, blocks: int | None = None) -> None:
-    """``gram += X^T X`` on the lower triangle (and the diagonal blocks), in place.
-
-    The columns of ``X`` ``[n, b]`` are cut into ``blocks`` ranges; row block ``i``
-    of ``gram`` gets ``X_i^T X[:, :end_i]``, i.e. only the blocks on or below the
-    diagonal: ``(blocks + 1) / (2 blocks)`` of a full product's flops (0.625 for 4
-    blocks; BLAS ``syrk`` would be 0.5). It runs on torch's own BLAS and threads:
-    calling a second BLAS (e.g. scipy's OpenBLAS ``dsyrk``) between torch's products
-    made both spin against each other, slower in a fit loop than these blocks.
-    Entries above the diagonal blocks are left as they are.
-
-    Args:
-        gram: ``[b, b]``, updated in place.
-        x: ``[n, b]``, same dtype and device.
-        blocks: number of column blocks (default: ``b // 256`` clamped to 1..8).
-    """
-    b = gram.shape[0]
-    blocks = max(1, min(8, b // 256)) if blocks is None else max(1, min(int(blocks), b))
-    edges = [round(i * b / blocks) for i in range(blocks + 1)]
-    for start, stop in zip(edges[:-1], edges[1:], strict=True):
-        gram[start:stop, :stop].addmm_(x[:, start:stop].T, x[:, :stop])
-
-
-def accumulate_statistics(
-    gram: torch.Tensor, cross: torch.Tensor, x: torch.Tensor, labels: torch.Tensor
-) -> None:
-    """Add one batch to the sufficient statistics, in place.
-
-    ``gram += X^T X`` (``[b, b]``) and ``cross += X^T Y`` (``[b, C]``) with ``Y`` the
-    one-hot targets of ``labels``: the two sums whose ridge solution is the joint
-    ``W`` (ACIL eq. 6). Only the *lower triangle* of ``gram`` is meaningful
-    (:func:`add_lower_gram`). On CPU ``X^T Y`` is a per-class row sum (``index_add``,
-    one pass over ``X``, 10x faster than a skinny product); elsewhere it is ``addmm``
-    (deterministic on CUDA, unlike ``index_add``).
-
-    Args:
-        gram: ``A``, ``[b, b]`` float64.
-        cross: ``C``, ``[b, C]`` float64.
-        x: buffer features ``X`` ``[n, b]`` float64.
-        labels: ``[n]`` integer labels in ``[0, C)``.
-    """
-    if x.shape[0] == 0:
-        return
-    add_lower_gram(gram, x)
-    if cross.device.type == "cpu":
-        sums = torch.zeros(cross.shape[1], cross.shape[0], dtype=cross.dtype)
-        cross += sums.index_add_(0, labels, x.to(cross.dtype)).T
-    else:
-        cross.addmm_(x.T, one_hot(labels, cross.shape[1], dtype=cross.dtype))
-
-
-def symmetric_from_lower(gram: torch.Tensor) -> torch.Tensor:
-    """The symmetric matrix with ``gram``'s lower triangle (see :func:`accumulate_statistics`)."""
-    lower = torch.tril(gram)
-    return lower + torch.tril(gram, -1).T
-
-
-def solve_ridge(
-    gram: torch.Tensor, cross: torch.Tensor, gamma: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ridge weights ``W = (A + gamma I)^-1 C`` by Cholesky (ACIL eq. 6).
-
-    Args:
-        gram: ``A = sum X^T X``, ``[b, b]``.
-        cross: ``C = sum X^T Y``, ``[b, C]``.
-        gamma: ridge strength > 0 (makes ``A + gamma I`` positive definite).
-
-    Returns:
-        ``(W, L)``: weights ``[b, C]`` and the lower Cholesky factor ``[b, b]`` of
-        ``A + gamma I`` (reusable by :func:`torch.cholesky_solve`). Only the lower
-        triangle of ``gram`` is read.
-    """
-    reg = torch.tril(gram)
-    reg.diagonal().add_(gamma)
-    chol = torch.linalg.cholesky(reg)
-    return torch.cholesky_solve(cross, chol), chol
-
-
-def woodbury_update(
-    inverse: torch.Tensor, weight: torch.Tensor, x: torch.Tensor, y: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One recursive least-squares step (ACIL eq. 10-11; G-ACIL eq. 9-10).
-
-    With ``R = (sum_{old} X^T X + gamma I)^-1`` and the old ``W``:
-
-        K = (I + X R X^T)^-1
-        R' = R - R X^T K X R
-        W' = W + R' X^T (Y - X W)
-
-    Args:
-        inverse: ``R`` ``[b, b]``.
-        weight: ``W`` ``[b, C]`` (already padded to the batch's class count).
-        x: ``[n, b]`` buffer features.
-        y: ``[n, C]`` one-hot targets.
-
-    Returns:
-        ``(R', W')``.
-    """
-    rxt = inverse @ x.T  # [b, n]
-    inner = x @ rxt
-    inner.diagonal().add_(1.0)
-    k_x_r = torch.linalg.solve(inner, rxt.T)  # K X R, [n, b]
-    new_inverse = inverse - rxt @ k_x_r
-    new_weight = weight + new_inverse @ (x.T @ (y - x @ weight))
-    return new_inverse, new_weight
-
-
-def joint_ridge_solution(x: torch.Tensor, labels: torch.Tensor, gamma: float) -> torch.Tensor:
-    """``(X^T X + gamma I)^-1 X^T Y`` on all data at once (the target of every form)."""
-    y = one_hot(labels, int(labels.max()) + 1, dtype=x.dtype)
-    a = x.T @ x
-    a.diagonal().add_(gamma)
-    return torch.linalg.solve(a, x.T @ y)
-
-
-# ----------------------------------------------------------------------------- validation
-def _check_features(x: torch.Tensor, in_features: int, name: str = "x") -> str | None:
-    if not isinstance(x, torch.Tensor):
-        return f"{name} must be a torch.Tensor, got {type(x).__name__}"
-    if x.dim() != 2 or x.shape[1] != in_features:
-        return (
-            f"{name} must have shape [n, {in_features}] (in_features={in_features}), "
-            f"got {tuple(x.shape)}"
-        )
-    if not x.dtype.is_floating_point:
-        return f"{name} must be a floating-point tensor, got {x.dtype}"
-    # a NaN or inf anywhere makes the sum non-finite: one cheap reduction suffices
-    # unless the sum is not finite, when finite but huge values may have overflowed it
-    if x.numel() and not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
-        return f"{name} (features) contains NaN or inf values"
-    return None
-
-
-def _check_labels(y: torch.Tensor, n: int) -> str | None:
-    if not isinstance(y, torch.Tensor):
-        return f"y must be a torch.Tensor of integer labels, got {type(y).__name__}"
-    if y.dim() != 1 or y.shape[0] != n:
-        return f"y (labels) must have shape [{n}] to match x, got {tuple(y.shape)}"
-    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-        return f"y (labels) must be an integer tensor, got {y.dtype}"
-    if y.numel() and int(y.min()) < 0:
-        return f"y (labels) must be >= 0, got {int(y.min())}"
-    return None
 
 
 def distributed_active() -> bool:
@@ -218,11 +69,11 @@ class BufferLayer(nn.Module):
 
     The output is float64 either way. ``projection_dtype=torch.float32`` computes
     the product ``x W_B`` in float32 (with ``W_B`` rounded to float32) and casts the
-    result: about 2.4x faster on CPU, and the product costs ``n d b`` flops, more
-    than the statistics' ``n b^2 / 2`` when ``b < 2 d``. The buffer features then
-    differ from the float64 ones by about 1e-6 relative; the classifier is still
-    the exact ridge solution *for the features it was given*, so the incremental
-    and joint solutions stay equal.
+    result: faster, and the product costs ``n d b`` flops, more than the
+    statistics' ``n b^2 / 2`` when ``b < 2 d``. The buffer features then differ
+    from the float64 ones by float32 rounding; the classifier is still the exact
+    ridge solution *for the features it was given*, so the incremental and joint
+    solutions stay equal.
 
     Args:
         in_features: size ``d`` of the backbone's features.
@@ -236,6 +87,7 @@ class BufferLayer(nn.Module):
         self,
         in_features: int,
         buffer_size: int,
+        *,
         seed: int | None = None,
         projection_dtype: torch.dtype = torch.float64,
     ) -> None:
@@ -259,7 +111,7 @@ class BufferLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[n, in_features]`` -> ``[n, buffer_size]`` float64."""
-        error = _check_features(x, self.in_features, "x (backbone features)")
+        error = check_features(x, self.in_features, "x (backbone features)")
         if error is not None:
             raise ValueError(error)
         dtype = self.projection_dtype
@@ -351,9 +203,9 @@ class RecursiveLeastSquares(nn.Module):
 
     # -- learning ----------------------------------------------------------------------
     def _validate(self, x: torch.Tensor, y: torch.Tensor) -> str | None:
-        error = _check_features(x, self.in_features)
+        error = check_features(x, self.in_features)
         if error is None:
-            error = _check_labels(y, x.shape[0])
+            error = check_labels(y, x.shape[0])
         return error
 
     def _grow(self, num_classes: int) -> None:
@@ -362,6 +214,45 @@ class RecursiveLeastSquares(nn.Module):
         if num_classes > buf.shape[1]:
             pad = buf.new_zeros(buf.shape[0], num_classes - buf.shape[1])
             self._buffers[name] = torch.cat([buf, pad], dim=1)
+
+    def _agree_on_batch(self, error: str | None, y: torch.Tensor) -> int:
+        """Largest label of the batch (-1 if empty), agreed across workers; raises if invalid.
+
+        Under ``torch.distributed`` every worker learns the largest label of all
+        batches and raises when any worker's batch is invalid, before any state
+        changes (one all-reduce max of ``[max label, invalid]``).
+        """
+        max_label = int(y.max()) if error is None and y.numel() else -1
+        if not distributed_active():
+            if error is not None:
+                raise ValueError(error)
+            return max_label
+        if self.method != "accumulate":
+            raise ValueError(
+                "method='woodbury' cannot be used under torch.distributed; "
+                "use method='accumulate' (its statistics are summed across workers)"
+            )
+        flags = torch.tensor([max_label, int(error is not None)], dtype=torch.long)
+        backend = torch.distributed.get_backend()
+        flags = flags.to(self.num_seen.device if backend == "nccl" else "cpu")
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        if error is not None:
+            raise ValueError(error)
+        if bool(flags[1]):
+            raise ValueError("another worker's partial_fit batch was invalid (see its error)")
+        return int(flags[0])
+
+    def _accumulate_everywhere(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Add the sum over all workers' batches of ``X^T X``, ``X^T Y`` and the count."""
+        gram = torch.zeros_like(self.gram)
+        cross = torch.zeros_like(self.cross)
+        accumulate_statistics(gram, cross, x, y)
+        count = torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device)
+        for t in (gram, cross, count):
+            torch.distributed.all_reduce(t)
+        self.gram += gram
+        self.cross += cross
+        self.num_seen += int(count.round())
 
     @torch.no_grad()
     def partial_fit(self, x: torch.Tensor, y: torch.Tensor) -> RecursiveLeastSquares:
@@ -373,53 +264,21 @@ class RecursiveLeastSquares(nn.Module):
                 state is unchanged. Under ``torch.distributed`` every worker raises
                 when any worker's batch is invalid.
         """
-        error = self._validate(x, y)
-        distributed = distributed_active()
-        if distributed:
-            if self.method != "accumulate":
-                raise ValueError(
-                    "method='woodbury' cannot be used under torch.distributed; "
-                    "use method='accumulate' (its statistics are summed across workers)"
-                )
-            # agree on validity and class count before touching any state
-            dev = self.num_seen.device
-            max_label = int(y.max()) if error is None and y.numel() else -1
-            flags = torch.tensor([max_label, int(error is not None)], dtype=torch.long)
-            backend = torch.distributed.get_backend()
-            flags = flags.to(dev if backend == "nccl" else "cpu")
-            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-            max_label, any_error = int(flags[0]), bool(flags[1])
-            if error is not None:
-                raise ValueError(error)
-            if any_error:
-                raise ValueError("another worker's partial_fit batch was invalid (see its error)")
-        else:
-            if error is not None:
-                raise ValueError(error)
-            max_label = int(y.max()) if y.numel() else -1
-
+        max_label = self._agree_on_batch(self._validate(x, y), y)
         dev = self.num_seen.device
         x = x.to(device=dev, dtype=torch.float64)
         y = y.to(device=dev, dtype=torch.long)
         self._grow(max_label + 1)
-        if self.method == "accumulate":
-            if distributed:
-                gram = torch.zeros_like(self.gram)
-                cross = torch.zeros_like(self.cross)
-                accumulate_statistics(gram, cross, x, y)
-                count = torch.tensor(float(x.shape[0]), dtype=torch.float64, device=dev)
-                for t in (gram, cross, count):
-                    torch.distributed.all_reduce(t)
-                self.gram += gram
-                self.cross += cross
-                self.num_seen += int(count.round())
-            else:
-                accumulate_statistics(self.gram, self.cross, x, y)
-                self.num_seen += x.shape[0]
+        if self.method == "accumulate" and distributed_active():
+            self._accumulate_everywhere(x, y)
+        elif self.method == "accumulate":
+            accumulate_statistics(self.gram, self.cross, x, y)
+            self.num_seen += x.shape[0]
         else:
             if x.shape[0]:
+                y_hot = F.one_hot(y, self.num_classes).to(torch.float64)
                 self.inverse, self.recursive_weight = woodbury_update(
-                    self.inverse, self.recursive_weight, x, one_hot(y, self.num_classes)
+                    self.inverse, self.recursive_weight, x, y_hot
                 )
             self.num_seen += x.shape[0]
         self._solved = None
@@ -437,7 +296,7 @@ class RecursiveLeastSquares(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``x W`` ``[n, num_classes]`` (float64) over the classes seen so far."""
-        error = _check_features(x, self.in_features)
+        error = check_features(x, self.in_features)
         if error is not None:
             raise ValueError(error)
         return x.to(device=self.num_seen.device, dtype=torch.float64) @ self.weight
@@ -467,6 +326,7 @@ class AnalyticClassifier(nn.Module):
         self,
         backbone: nn.Module,
         feature_dim: int,
+        *,
         buffer_size: int = 4096,
         gamma: float = 1.0,
         seed: int | None = 0,

@@ -19,9 +19,10 @@ from collections.abc import Callable
 import torch
 from avalanche.core import SupervisedPlugin
 from torch import nn
-from torch.utils.data import DataLoader
 
-from neve.models.analytic import BufferLayer, RecursiveLeastSquares
+from ..models.analytic import BufferLayer, RecursiveLeastSquares
+from ..models.classifier import model_part
+from ..models.features import iter_features
 
 
 class AnalyticHeadPlugin(SupervisedPlugin):
@@ -40,8 +41,8 @@ class AnalyticHeadPlugin(SupervisedPlugin):
     Args:
         buffer_size: size of the random ReLU buffer layer.
         gamma: ridge strength (> 0).
-        features: ``None`` (use ``model.features``), an attribute name of the model,
-            or a callable ``fn(x) -> [n, d]``.
+        features: ``None`` (use ``model.features``), the name of a sub-module of the
+            model (dotted names allowed), or a callable ``fn(x) -> [n, d]``.
         seed: seed of the buffer layer's random weights.
         batch_size: mini-batch size of the fitting pass (default: the strategy's
             ``eval_mb_size``).
@@ -56,6 +57,7 @@ class AnalyticHeadPlugin(SupervisedPlugin):
     def __init__(
         self,
         buffer_size: int = 4096,
+        *,
         gamma: float = 1.0,
         features: str | Callable[[torch.Tensor], torch.Tensor] | None = None,
         seed: int = 0,
@@ -87,20 +89,7 @@ class AnalyticHeadPlugin(SupervisedPlugin):
         """The callable mapping inputs to features, or a ValueError naming what is missing."""
         if self.features is not None and not isinstance(self.features, str):
             return self.features
-        name = self.features or "features"
-        module = model
-        for part in name.split("."):
-            if not hasattr(module, part):
-                raise ValueError(
-                    f"AnalyticHeadPlugin: the model ({type(model).__name__}) has no attribute "
-                    f"{name!r}. Contract: model.{name} maps inputs to [n, d] feature vectors "
-                    "(e.g. neve.models.PretrainedClassifier), or pass features='attribute' "
-                    "or features=callable"
-                )
-            module = getattr(module, part)
-        if not callable(module):
-            raise ValueError(f"AnalyticHeadPlugin: model.{name} is not callable: {type(module)}")
-        return module
+        return model_part(model, self.features or "features", "feature extractor")
 
     def _features(self, strategy, x: torch.Tensor) -> torch.Tensor:
         out = self.feature_extractor(strategy.model)(x)
@@ -149,12 +138,13 @@ class AnalyticHeadPlugin(SupervisedPlugin):
         self.feature_extractor(model)  # contract check before any work
         was_training = model.training
         model.eval()
-        data = strategy.experience.dataset.eval()
         batch = self.batch_size or strategy.eval_mb_size or 256
+        data = strategy.experience.dataset.eval()
         try:
-            for mb in DataLoader(data, batch_size=int(batch), shuffle=False):
-                x, y = mb[0].to(strategy.device), mb[1].to(strategy.device)
-                feats = self._features(strategy, x)
+            for feats, y in iter_features(
+                lambda x: self._features(strategy, x), data, int(batch), strategy.device,
+                progress=False,
+            ):
                 if self.head is None:
                     self._build(feats.shape[1], torch.device(strategy.device))
                 self.buffer.to(strategy.device)

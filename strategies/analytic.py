@@ -16,7 +16,7 @@ from avalanche.training.templates import SupervisedTemplate
 from avalanche.training.templates.base import BasePlugin
 from torch import nn
 
-from neve.models.analytic import AnalyticClassifier
+from ..models.analytic import AnalyticClassifier
 
 
 class AnalyticCIL(SupervisedTemplate):
@@ -57,12 +57,17 @@ class AnalyticCIL(SupervisedTemplate):
             evaluation is unaffected.
         criterion: loss reported by the metrics (no gradient is taken).
         train_mb_size, eval_mb_size, device, plugins, evaluator, eval_every:
-            as ``SupervisedTemplate``. There is exactly one training epoch: a
-            second pass would count the data twice.
+            as ``SupervisedTemplate``.
+        train_epochs: fixed to 1 (a ValueError otherwise): one closed-form pass;
+            a second would count the data twice.
+
+    Every argument is keyword-only, as in Avalanche's strategies:
+    ``AnalyticCIL(backbone=nn.Identity(), feature_dim=1280, buffer_size=4096)``.
     """
 
     def __init__(
         self,
+        *,
         backbone: nn.Module,
         feature_dim: int,
         buffer_size: int = 4096,
@@ -75,6 +80,7 @@ class AnalyticCIL(SupervisedTemplate):
         train_predictions: bool = False,
         criterion: nn.Module | None = None,
         train_mb_size: int = 256,
+        train_epochs: int = 1,
         eval_mb_size: int = 1024,
         device: str | torch.device = "cpu",
         plugins: list[BasePlugin] | None = None,
@@ -82,6 +88,12 @@ class AnalyticCIL(SupervisedTemplate):
         eval_every: int = -1,
         **base_kwargs,
     ) -> None:
+        if train_epochs != 1:
+            raise ValueError(
+                f"train_epochs is fixed to 1 in AnalyticCIL, got {train_epochs!r}: the "
+                "closed-form fit makes one pass, and a second would count the data twice "
+                "(use base_epochs for the gradient-trained base phase)"
+            )
         if int(base_epochs) < 0:
             raise ValueError(f"base_epochs must be >= 0, got {base_epochs}")
         if not base_lr > 0:
@@ -89,7 +101,7 @@ class AnalyticCIL(SupervisedTemplate):
         model = AnalyticClassifier(
             backbone,
             feature_dim,
-            buffer_size,
+            buffer_size=buffer_size,
             gamma=gamma,
             seed=buffer_seed,
             method=method,

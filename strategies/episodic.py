@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from types import MappingProxyType
 
 import torch
 from avalanche.benchmarks.utils.utils import concat_datasets
@@ -30,7 +31,12 @@ from avalanche.training.supervised import Naive
 from avalanche.training.templates import SupervisedTemplate
 
 # (support sets S) -> (last L sets kept, k samples per step), Kowadlo et al. (2022), replay
-PAPER_REPLAY_SETTINGS = {20: (10, 5), 10: (5, 8), 4: (2, 8), 2: (1, 5), 1: (0, 0)}
+PAPER_REPLAY_SETTINGS = MappingProxyType(
+    {20: (10, 5), 10: (5, 8), 4: (2, 8), 2: (1, 5), 1: (0, 0)}
+)
+
+# a mini-batch size larger than any support set: each set is one mini-batch
+WHOLE_SUPPORT_SET = 100_000
 
 
 def paper_replay_settings(support_sets: int) -> tuple[int, int]:
@@ -87,13 +93,18 @@ class RecentSetsBuffer(ExemplarsBuffer):
 def pretrain_tune(
     num_classes: int,
     feature_dim: int = 1280,
+    *,
     lr: float = 0.01,
     steps_per_set: int = 5,
     replay_sets: int = 0,
     replay_samples: int = 8,
+    train_mb_size: int | None = None,
+    train_epochs: int | None = None,
+    eval_mb_size: int = 1024,
     device: str | torch.device = "cpu",
     plugins: Sequence | None = None,
     evaluator: EvaluationPlugin | None = None,
+    eval_every: int = -1,
 ) -> Naive:
     """Pretrain+Tune: Avalanche ``Naive`` fine-tuning a zero-initialised linear head.
 
@@ -106,11 +117,14 @@ def pretrain_tune(
         num_classes: outputs of the head (N of the N-way episode).
         feature_dim: size of the input features.
         lr: SGD learning rate.
-        steps_per_set: gradient steps per support set.
+        steps_per_set: gradient steps per support set (the strategy's ``train_epochs``).
         replay_sets: ``L``; 0 disables replay.
         replay_samples: ``k``, replayed items per step.
-        device: where the head trains.
-        plugins: extra Avalanche plugins.
+        train_mb_size: items per mini-batch; default None: a whole support set.
+        train_epochs: fixed to ``steps_per_set`` (None or that value; a ValueError
+            otherwise).
+        eval_mb_size, device, plugins, eval_every: as for Avalanche's ``Naive``
+            (``plugins`` are extra plugins).
         evaluator: default :func:`episode_evaluator`.
     """
     if num_classes < 1 or feature_dim < 1 or steps_per_set < 1:
@@ -123,6 +137,11 @@ def pretrain_tune(
             f"replay_sets must be >= 0 and replay_samples >= 1, got {replay_sets}, "
             f"{replay_samples}"
         )
+    if train_epochs is not None and train_epochs != steps_per_set:
+        raise ValueError(
+            f"train_epochs is fixed to steps_per_set={steps_per_set} in pretrain_tune, got "
+            f"{train_epochs!r}: pass steps_per_set (one SGD step per epoch on a support set)"
+        )
     head = torch.nn.Linear(feature_dim, num_classes)
     torch.nn.init.zeros_(head.weight)
     torch.nn.init.zeros_(head.bias)
@@ -134,23 +153,38 @@ def pretrain_tune(
                 mem_size=storage.max_size, batch_size_mem=replay_samples, storage_policy=storage
             )
         )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Naive(
-            head,
-            torch.optim.SGD(head.parameters(), lr=lr),
-            torch.nn.CrossEntropyLoss(),
-            train_mb_size=100_000,  # a support set is one mini-batch
-            train_epochs=steps_per_set,
-            eval_mb_size=1024,
-            device=device,
-            plugins=all_plugins,
-            evaluator=evaluator if evaluator is not None else episode_evaluator(),
-        )
+    return Naive(
+        model=head,
+        optimizer=torch.optim.SGD(head.parameters(), lr=lr),
+        criterion=torch.nn.CrossEntropyLoss(),
+        train_mb_size=WHOLE_SUPPORT_SET if train_mb_size is None else train_mb_size,
+        train_epochs=steps_per_set,
+        eval_mb_size=eval_mb_size,
+        device=device,
+        plugins=all_plugins,
+        evaluator=evaluator if evaluator is not None else episode_evaluator(),
+        eval_every=eval_every,
+    )
+
+
+def add_class_sums(
+    sums: torch.Tensor, counts: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add a batch to the per-class sums and counts, in place; returns them.
+
+    Args:
+        sums: ``[C, D]`` float64 per-class sums of features.
+        counts: ``[C]`` float64 per-class item counts.
+        x: ``[n, D]`` features (float64).
+        y: ``[n]`` integer labels in ``[0, C)``.
+    """
+    sums.index_add_(0, y, x)
+    counts.index_add_(0, y, torch.ones_like(y, dtype=counts.dtype))
+    return sums, counts
 
 
 def class_means(sums: torch.Tensor, counts: torch.Tensor) -> dict[int, torch.Tensor]:
-    """``{class: sums[class] / counts[class]}`` for every class with ``counts > 0``.
+    """``{class: sums[class] / counts[class]}`` (float32) for every class with ``counts > 0``.
 
     Args:
         sums: ``[C, D]`` per-class sums of features.
@@ -173,7 +207,10 @@ class NearestPrototype(SupervisedTemplate):
         num_classes: largest label + 1.
         feature_dim: size of the input features.
         normalize: L2-normalise features (and queries) first.
-        train_mb_size, eval_mb_size, device, plugins, evaluator: as for Avalanche strategies.
+        train_mb_size, eval_mb_size, device, plugins, evaluator, eval_every: as for
+            Avalanche strategies (``evaluator`` default: :func:`episode_evaluator`).
+        train_epochs: fixed to 1 (a ValueError otherwise): a second pass would
+            count every item twice in the class means.
     """
 
     def __init__(
@@ -183,28 +220,34 @@ class NearestPrototype(SupervisedTemplate):
         feature_dim: int = 1280,
         normalize: bool = True,
         train_mb_size: int = 256,
+        train_epochs: int = 1,
         eval_mb_size: int = 1024,
         device: str | torch.device = "cpu",
         plugins: Sequence | None = None,
         evaluator: EvaluationPlugin | None = None,
+        eval_every: int = -1,
     ) -> None:
         if num_classes < 1 or feature_dim < 1:
             raise ValueError(
                 f"num_classes and feature_dim must be >= 1, got {num_classes}, {feature_dim}"
             )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            super().__init__(
-                model=NCMClassifier(normalize=normalize),
-                optimizer=None,  # type: ignore[arg-type]
-                criterion=torch.nn.CrossEntropyLoss(),
-                train_mb_size=train_mb_size,
-                train_epochs=1,
-                eval_mb_size=eval_mb_size,
-                device=device,
-                plugins=list(plugins or []),
-                evaluator=evaluator if evaluator is not None else episode_evaluator(),
+        if train_epochs != 1:
+            raise ValueError(
+                f"train_epochs is fixed to 1 in NearestPrototype, got {train_epochs!r}: a "
+                "second pass would count every item twice in the class means"
             )
+        super().__init__(
+            model=NCMClassifier(normalize=normalize),
+            optimizer=None,  # type: ignore[arg-type]
+            criterion=torch.nn.CrossEntropyLoss(),
+            train_mb_size=train_mb_size,
+            train_epochs=1,
+            eval_mb_size=eval_mb_size,
+            device=device,
+            plugins=list(plugins or []),
+            evaluator=evaluator if evaluator is not None else episode_evaluator(),
+            eval_every=eval_every,
+        )
         self.normalize = normalize
         self.class_sums = torch.zeros(num_classes, feature_dim, dtype=torch.float64)
         self.class_counts = torch.zeros(num_classes, dtype=torch.float64)
@@ -221,10 +264,9 @@ class NearestPrototype(SupervisedTemplate):
             x = self.mb_x.detach().double().flatten(1)
             if self.normalize:
                 x = torch.nn.functional.normalize(x, dim=1)
-            y = self.mb_y.detach().long()
-            self.class_sums = self.class_sums.to(x.device).index_add_(0, y, x)
-            self.class_counts = self.class_counts.to(x.device).index_add_(
-                0, y, torch.ones_like(y, dtype=torch.float64)
+            self.class_sums, self.class_counts = add_class_sums(
+                self.class_sums.to(x.device), self.class_counts.to(x.device), x,
+                self.mb_y.detach().long(),
             )
             self._after_training_iteration(**kwargs)
 

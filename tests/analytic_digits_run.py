@@ -29,7 +29,8 @@ def main(mode: str, out: str, ckpt: str | None = None) -> None:
     backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 48), torch.nn.ReLU())
     evaluator = EvaluationPlugin(accuracy_metrics(stream=True), loggers=[])
     strategy = AnalyticCIL(
-        backbone, 48, buffer_size=128, gamma=0.5, base_epochs=1, train_mb_size=32,
+        backbone=backbone, feature_dim=48,
+        buffer_size=128, gamma=0.5, base_epochs=1, train_mb_size=32,
         eval_mb_size=256, evaluator=evaluator,
     )
     strategy, accs = train_with_checkpoint(strategy, bm, mode, ckpt)

@@ -1,5 +1,6 @@
 """ACIL / G-ACIL: the closed-form head equals the joint ridge solution, computed independently."""
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from torch import nn
 from neve.benchmarks import LabelledTensorDataset, class_balanced_subset, digits
 from neve.benchmarks.si_blurry import si_blurry_benchmark, si_blurry_split
 from neve.models import BufferLayer, RecursiveLeastSquares
-from neve.models.analytic import add_lower_gram, symmetric_from_lower
+from neve.models.ridge import add_lower_gram, symmetric_from_lower
 from neve.plugins.analytic import AnalyticHeadPlugin
 from neve.strategies import AnalyticCIL
 
@@ -46,7 +47,9 @@ def digit_features():
 
 
 def silent():
-    return EvaluationPlugin(accuracy_metrics(stream=True, experience=True), loggers=[])
+    with warnings.catch_warnings():  # "No loggers specified": none wanted
+        warnings.simplefilter("ignore")
+        return EvaluationPlugin(accuracy_metrics(stream=True, experience=True), loggers=[])
 
 
 def test_accumulate_and_woodbury_both_equal_joint_solution_with_growing_classes():
@@ -75,7 +78,8 @@ def test_accumulate_and_woodbury_both_equal_joint_solution_with_growing_classes(
 def test_five_experience_stream_equals_joint_ridge(digit_features):
     train, test = digit_features
     bm = nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=0)
-    strategy = AnalyticCIL(nn.Identity(), 64, buffer_size=256, gamma=1.0, train_mb_size=37,
+    strategy = AnalyticCIL(backbone=nn.Identity(), feature_dim=64,
+                           buffer_size=256, gamma=1.0, train_mb_size=37,
                            eval_mb_size=500, evaluator=silent())
     for exp in bm.train_stream:
         strategy.train(exp)
@@ -92,7 +96,8 @@ def test_five_experience_stream_equals_joint_ridge(digit_features):
 def test_class_incremental_benchmark_and_woodbury_strategy(digit_features):
     train, test = digit_features
     bm = class_incremental_benchmark({"train": train, "test": test}, num_experiences=2, seed=1)
-    strategy = AnalyticCIL(nn.Identity(), 64, buffer_size=128, gamma=2.0, method="woodbury",
+    strategy = AnalyticCIL(backbone=nn.Identity(), feature_dim=64,
+                           buffer_size=128, gamma=2.0, method="woodbury",
                            train_mb_size=64, train_predictions=True, evaluator=silent())
     for exp in bm.train_stream:
         strategy.train(exp)  # train_predictions: a prediction per mini-batch, W unchanged
@@ -141,8 +146,9 @@ def test_online_si_blurry_with_recurring_classes_equals_joint_ridge(digit_featur
     assert {len(e.dataset) for e in bm.train_stream} != {60}
     online = si_blurry_benchmark(small, test, n_tasks=5, disjoint_class_ratio=0.5,
                                  blurry_sample_ratio=0.3, seed=2, online=True,
-                                 online_batch_size=12)
-    strategy = AnalyticCIL(nn.Identity(), 64, buffer_size=200, gamma=1.0, train_mb_size=1,
+                                 experience_size=12)
+    strategy = AnalyticCIL(backbone=nn.Identity(), feature_dim=64,
+                           buffer_size=200, gamma=1.0, train_mb_size=1,
                            evaluator=silent())
     n = 0
     for exp in online.train_stream:
@@ -180,7 +186,8 @@ def test_add_lower_gram_matches_the_full_product_below_the_diagonal():
 def test_float32_projection_stays_exact_for_its_own_features(digit_features):
     train, test = digit_features
     bm = nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=0)
-    strategy = AnalyticCIL(nn.Identity(), 64, buffer_size=256, gamma=1.0, train_mb_size=41,
+    strategy = AnalyticCIL(backbone=nn.Identity(), feature_dim=64,
+                           buffer_size=256, gamma=1.0, train_mb_size=41,
                            projection_dtype=torch.float32, evaluator=silent())
     for exp in bm.train_stream:
         strategy.train(exp)
@@ -234,7 +241,8 @@ def test_bad_inputs_raise_and_leave_state_unchanged(digit_features):
     # a backbone whose output size differs from feature_dim
     train, test = digit_features
     bm = nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=0)
-    strategy = AnalyticCIL(nn.Identity(), 64, buffer_size=32, evaluator=silent())
+    strategy = AnalyticCIL(backbone=nn.Identity(), feature_dim=64,
+                           buffer_size=32, evaluator=silent())
     strategy.train(bm.train_stream[0])
     before = _state(strategy.model)
     strategy.model.backbone = nn.Linear(64, 10)
@@ -250,7 +258,8 @@ def test_base_epochs_trains_backbone_once_then_freezes(digit_features):
     torch.manual_seed(0)
     backbone = nn.Sequential(nn.Linear(64, 32), nn.ReLU())
     initial = _state(backbone)
-    strategy = AnalyticCIL(backbone, 32, buffer_size=64, base_epochs=2, base_lr=0.05,
+    strategy = AnalyticCIL(backbone=backbone, feature_dim=32,
+                           buffer_size=64, base_epochs=2, base_lr=0.05,
                            train_mb_size=32, evaluator=silent())
     strategy.train(bm.train_stream[0])
     after_base = _state(backbone)
@@ -292,7 +301,7 @@ def test_plugin_on_naive_fits_joint_ridge_on_each_experiences_features():
     torch.manual_seed(0)
     model = SmallNet()
     plugin = AnalyticHeadPlugin(buffer_size=128, gamma=0.7, seed=1)
-    strategy = Naive(model, torch.optim.SGD(model.parameters(), lr=0.01), nn.CrossEntropyLoss(),
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
                      train_mb_size=32, train_epochs=1, eval_mb_size=128, plugins=[plugin],
                      evaluator=silent())
     feats, labels = [], []
@@ -326,13 +335,27 @@ def test_plugin_contract_error_names_features():
     train, test = digits(seed=0)
     bm = nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-    strategy = Naive(model, torch.optim.SGD(model.parameters(), lr=0.01), nn.CrossEntropyLoss(),
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
                      plugins=[AnalyticHeadPlugin(32)], evaluator=silent())
-    with pytest.raises(ValueError, match="no attribute 'features'"):
+    with pytest.raises(ValueError, match="no submodule 'features'"):
         strategy.train(bm.train_stream[0])
     # a callable works instead
     plugin = AnalyticHeadPlugin(32, features=lambda x: model[0](x))
-    strategy = Naive(model, torch.optim.SGD(model.parameters(), lr=0.01), nn.CrossEntropyLoss(),
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
                      plugins=[plugin], evaluator=silent())
     strategy.train(bm.train_stream[0])
     assert plugin.head.num_classes == max(bm.train_stream[0].classes_in_this_experience) + 1
+
+
+def test_strategy_takes_avalanche_keywords_without_warnings_and_refuses_a_second_epoch():
+    evaluator = silent()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no PositionalArgumentsDeprecatedWarning
+        strategy = AnalyticCIL(backbone=nn.Identity(), feature_dim=8, buffer_size=16,
+                               train_mb_size=7, train_epochs=1, eval_mb_size=9, device="cpu",
+                               plugins=[], evaluator=evaluator, eval_every=-1)
+    assert (strategy.train_mb_size, strategy.train_epochs, strategy.eval_mb_size) == (7, 1, 9)
+    with pytest.raises(ValueError, match="train_epochs is fixed to 1"):
+        AnalyticCIL(backbone=nn.Identity(), feature_dim=8, train_epochs=2, evaluator=evaluator)
+    with pytest.raises(TypeError):
+        AnalyticHeadPlugin(16, 1.0)  # gamma and the rest are keyword-only

@@ -1,6 +1,7 @@
 """run_episodes, feature encoding and the episodic baselines, on digits pixels as features."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -17,7 +18,12 @@ from neve.benchmarks import (
     run_episodes,
 )
 from neve.plugins import maybe_load_checkpoint, save_checkpoint
-from neve.strategies import NearestPrototype, RecentSetsBuffer, pretrain_tune
+from neve.strategies import (
+    NearestPrototype,
+    RecentSetsBuffer,
+    episode_evaluator,
+    pretrain_tune,
+)
 
 
 def _flat(x):
@@ -210,3 +216,20 @@ def test_checkpoint_mid_episode_resumes_exactly(digits_data, tmp_path, replay):
     assert state.keys() == state_resumed.keys()
     for k in state:
         assert torch.equal(state[k], state_resumed[k]), k
+
+
+def test_baselines_take_avalanche_keywords_or_say_what_is_fixed():
+    evaluator = episode_evaluator()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # keyword arguments only: no Avalanche warning
+        proto = NearestPrototype(num_classes=5, feature_dim=4, train_mb_size=3, train_epochs=1,
+                                 eval_mb_size=6, evaluator=evaluator, eval_every=-1)
+        tune = pretrain_tune(5, 4, steps_per_set=3, train_mb_size=2, train_epochs=3,
+                             eval_mb_size=6, evaluator=evaluator, eval_every=-1)
+    assert (proto.train_mb_size, proto.train_epochs, proto.eval_mb_size) == (3, 1, 6)
+    assert (tune.train_mb_size, tune.train_epochs, tune.eval_mb_size) == (2, 3, 6)
+    assert pretrain_tune(5, 4, evaluator=evaluator).train_mb_size > 20  # a support set
+    with pytest.raises(ValueError, match="train_epochs is fixed to 1"):
+        NearestPrototype(num_classes=5, train_epochs=2)
+    with pytest.raises(ValueError, match="train_epochs is fixed to steps_per_set=5"):
+        pretrain_tune(5, train_epochs=2)
