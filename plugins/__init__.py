@@ -2,6 +2,7 @@
 
 from neve.plugins.analytic import AnalyticHeadPlugin
 from neve.plugins.checkpoint import (
+    CheckpointError,
     maybe_load_checkpoint,
     restore_submodule_attributes,
     save_checkpoint,
@@ -28,6 +29,7 @@ __all__ = [
     "ClassGaussianStats",
     "ClassifierAlignmentPlugin",
     "SlowLearnerPlugin",
+    "CheckpointError",
     "maybe_load_checkpoint",
     "restore_submodule_attributes",
     "save_checkpoint",

@@ -48,7 +48,7 @@ def run_full_and_resumed(script: Path, tmp_path: Path) -> tuple[dict, dict]:
     The uninterrupted run and the first half of the interrupted one run in
     parallel; the resumed half runs in a fresh process after the checkpoint exists.
     """
-    full, resumed, ckpt = tmp_path / "full.pt", tmp_path / "resumed.pt", tmp_path / "ck.pkl"
+    full, resumed, ckpt = tmp_path / "full.pt", tmp_path / "resumed.pt", tmp_path / "ck.ckpt"
 
     def start(*args):
         return subprocess.Popen(

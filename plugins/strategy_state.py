@@ -1,0 +1,267 @@
+"""A strategy's state as tensors and plain data, and back: what neve's checkpoint holds.
+
+:func:`strategy_state` collects, :func:`load_strategy_state` restores into a
+strategy built the same way (see :mod:`neve.plugins.checkpoint_match` for the
+checks that come first):
+
+* the model's ``state_dict``, each module's ``training`` flag and each
+  parameter's ``requires_grad``; tensors of Avalanche ``DynamicModule`` s (e.g.
+  ``IncrementalClassifier``) are resized to the file's shapes before the strict
+  load;
+* the optimizer's ``state_dict`` and the parameter names of each group, so that
+  groups added or split since construction (neve's ``SlowLearnerPlugin``) are
+  rebuilt on the model's parameters; Avalanche's ``optimized_param_id`` by names;
+* the strategy's own attributes that are plain data (e.g. ``AnalyticCIL.base_trained``)
+  and the ``state_dict`` of its other ``nn.Module`` attributes (the criterion);
+* each plugin's ``state_dict`` (all neve plugins), or its attributes when they
+  are all plain data (Avalanche's ``Clock``, ``PeriodicEval``); the evaluator's
+  ``all_metric_results``/``last_metric_results`` and each metric's ``state_dict``
+  (``CurriculumEffectiveness``) or plain attributes; metrics in
+  :data:`STATELESS_METRICS` are reset at the start of each phase and hold nothing;
+* the states of the generators of Avalanche's ``RNGManager`` (python
+  ``random``, numpy, torch CPU and CUDA; numpy's MT19937 keys as a tensor).
+
+Anything else (a replay buffer, EWC's importances, a metric with internal state
+and no ``state_dict``) cannot be stored: :func:`strategy_state` refuses it with a
+ValueError naming it. Loggers are outputs, not state: the strategy's own stay.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import torch
+from avalanche.evaluation.metrics import (
+    EpochAccuracy,
+    EpochLoss,
+    ExperienceAccuracy,
+    ExperienceLoss,
+    MinibatchAccuracy,
+    MinibatchLoss,
+    RunningEpochAccuracy,
+    RunningEpochLoss,
+    StreamAccuracy,
+    StreamLoss,
+)
+from avalanche.training.determinism.rng_manager import RNGManager
+from avalanche.training.plugins import EvaluationPlugin
+from torch import nn
+
+from .checkpoint_match import class_name, in_dynamic_module, settings_owners, strategy_settings
+from .state_file import PICKLE_RISK, plain_data
+
+# Avalanche metrics whose GenericPluginMetric resets at the start of each
+# iteration, epoch, experience or stream of their phase (avalanche 0.6.0)
+STATELESS_METRICS = (
+    MinibatchAccuracy, EpochAccuracy, RunningEpochAccuracy, ExperienceAccuracy, StreamAccuracy,
+    MinibatchLoss, EpochLoss, RunningEpochLoss, ExperienceLoss, StreamLoss,
+)
+# strategy attributes that live within one train/eval call, or are stored apart
+_TRANSIENT = frozenset({
+    "experience", "current_eval_stream", "_eval_streams", "adapted_dataset", "dataloader",
+    "mbatch", "mb_output", "loss", "device",
+})
+_STORED_APART = frozenset({"model", "optimizer", "plugins", "evaluator", "clock",
+                           "optimized_param_id"})
+
+
+def refused(what: str, obj: object, detail: str) -> ValueError:
+    return ValueError(
+        f"cannot checkpoint {what} ({class_name(obj)}): {detail}, which the default "
+        f"checkpoint format (tensors and plain data) cannot store; {PICKLE_RISK}"
+    )
+
+
+# ------------------------------------------------------------------------------ collect
+def strategy_state(strategy) -> dict:
+    """Everything :func:`load_strategy_state` restores, as tensors and plain data.
+
+    Raises:
+        ValueError: a plugin, metric, optimizer or attribute holds state that
+            cannot be stored so (the message names it).
+    """
+    evaluator = strategy.evaluator
+    state = {
+        "strategy_class": class_name(strategy),
+        "next_experience": int(strategy.clock.train_exp_counter),
+        "settings": strategy_settings(strategy),
+        "model": _model_state(strategy.model),
+        "optimizer": _optimizer_state(strategy),
+        "optimized_param_names": None if getattr(strategy, "optimized_param_id", None) is None
+        else list(strategy.optimized_param_id),
+        "plugins": [_object_state(p, f"plugin {i}") for i, p in enumerate(strategy.plugins)],
+        "metric_classes": [class_name(m) for m in getattr(evaluator, "metrics", [])],
+        "rng": _rng_state(),
+    }
+    state.update(_attribute_state(strategy))
+    return plain_data(state, "checkpoint")
+
+
+def _model_state(model: nn.Module) -> dict:
+    return {
+        "state": model.state_dict(),
+        "training": {name: m.training for name, m in model.named_modules()},
+        "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
+    }
+
+
+def _optimizer_state(strategy) -> dict | None:
+    optimizer = getattr(strategy, "optimizer", None)
+    if optimizer is None:
+        return None
+    names = {id(p): n for n, p in strategy.model.named_parameters()}
+    groups = []
+    for i, group in enumerate(optimizer.param_groups):
+        if any(id(p) not in names for p in group["params"]):
+            raise refused("the optimizer", optimizer,
+                          f"its param group {i} holds parameters that are not the model's")
+        groups.append([names[id(p)] for p in group["params"]])
+    return {"class": class_name(optimizer), "state": optimizer.state_dict(), "groups": groups}
+
+
+def _object_state(obj: object, what: str) -> dict:
+    """A plugin's or metric's state: ``state_dict``, plain attributes, or nothing."""
+    entry = {"class": class_name(obj), "kind": "none", "state": None}
+    if isinstance(obj, EvaluationPlugin):
+        entry["kind"] = "evaluator"
+        entry["state"] = {
+            "all": dict(obj.all_metric_results),
+            "last": dict(obj.last_metric_results),
+            "metrics": [_object_state(m, f"metric {i}") for i, m in enumerate(obj.metrics)],
+        }
+    elif callable(getattr(obj, "state_dict", None)) and callable(
+        getattr(obj, "load_state_dict", None)
+    ):
+        entry["kind"], entry["state"] = "state_dict", obj.state_dict()
+    elif type(obj) not in STATELESS_METRICS:
+        entry["kind"], entry["state"] = "attributes", dict(vars(obj))
+    try:
+        return plain_data(entry, what)
+    except ValueError as error:
+        raise refused(f"{what} {type(obj).__name__}", obj, f"it holds {error}") from None
+
+
+def _attribute_state(strategy) -> dict:
+    attributes, modules = {}, {}
+    plugins = [id(p) for p in strategy.plugins]
+    for name, value in vars(strategy).items():
+        if name in _TRANSIENT or name in _STORED_APART or id(value) in plugins:
+            continue
+        if isinstance(value, nn.Module):
+            modules[name] = value.state_dict()
+        elif not inspect.isroutine(value):
+            try:
+                attributes[name] = plain_data(value, name)
+            except ValueError as error:
+                raise refused(f"the strategy's attribute {name!r}", strategy,
+                              f"it holds {error}") from None
+    return {"attributes": attributes, "modules": modules}
+
+
+def _rng_state() -> dict:
+    state = {}
+    for name, generator in RNGManager.random_generators.items():
+        value = generator["save_state"]()
+        if name == "numpy":
+            kind, keys, pos, has_gauss, cached = value
+            value = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
+                     "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
+        elif name == "random":
+            version, internal, gauss_next = value
+            value = {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                     "gauss_next": gauss_next}
+        state[name] = value
+    return state
+
+
+# ------------------------------------------------------------------------------ restore
+def load_strategy_state(strategy, state: dict, *, override: bool) -> None:
+    """Restore ``state`` (of :func:`strategy_state`) into ``strategy``, checks already done.
+
+    ``override``: also take the file's settings where they differ.
+    """
+    if override:
+        for owner, obj in settings_owners(strategy):
+            for name, value in state["settings"].get(owner, {}).items():
+                setattr(obj, name, value)
+    _load_model(strategy.model, state["model"], state["settings"])
+    named = dict(strategy.model.named_parameters())
+    if state["optimizer"] is not None:
+        optimizer, saved = strategy.optimizer, state["optimizer"]
+        optimizer.param_groups[:] = [
+            {**{k: v for k, v in group.items() if k != "params"},
+             "params": [named[n] for n in names]}
+            for group, names in zip(saved["state"]["param_groups"], saved["groups"], strict=True)
+        ]
+        optimizer.load_state_dict(saved["state"])
+        if override:
+            optimizer.defaults.update(state["settings"].get("optimizer", {}))
+    if state["optimized_param_names"] is not None:
+        strategy.optimized_param_id = {n: named[n] for n in state["optimized_param_names"]}
+    for name, value in state["attributes"].items():
+        setattr(strategy, name, value)
+    for name, value in state["modules"].items():
+        getattr(strategy, name).load_state_dict(value)
+    for plugin, entry in zip(strategy.plugins, state["plugins"], strict=True):
+        _load_object(plugin, entry)
+    _load_rng(state["rng"])
+
+
+def _load_model(model: nn.Module, saved: dict, settings: dict) -> None:
+    own = model.state_dict(keep_vars=True)
+    for key, value in saved["state"].items():
+        owner_name, _, attr = key.rpartition(".")
+        if (isinstance(value, torch.Tensor) and own[key].shape != value.shape
+                and in_dynamic_module(model, owner_name)):
+            owner, old = model.get_submodule(owner_name), own[key]
+            new = torch.empty(value.shape, dtype=old.dtype, device=old.device)
+            if attr in owner._parameters:
+                owner._parameters[attr] = nn.Parameter(new, requires_grad=old.requires_grad)
+            else:
+                owner._buffers[attr] = new
+    for owner, values in settings.items():
+        name = owner[len("model."):]
+        if owner.startswith("model.") and in_dynamic_module(model, name, include_self=False):
+            for attr, value in values.items():  # e.g. a grown Linear's out_features
+                setattr(model.get_submodule(name), attr, value)
+    model.load_state_dict(saved["state"], strict=True)
+    for name, module in model.named_modules():
+        module.training = saved["training"].get(name, module.training)
+    for name, param in model.named_parameters():
+        param.requires_grad_(saved["requires_grad"].get(name, param.requires_grad))
+
+
+def _load_object(obj: object, entry: dict) -> None:
+    if entry["kind"] == "evaluator":
+        state = entry["state"]
+        obj.all_metric_results.clear()
+        obj.all_metric_results.update(state["all"])
+        obj.last_metric_results = dict(state["last"])
+        for metric, metric_entry in zip(obj.metrics, state["metrics"], strict=True):
+            _load_object(metric, metric_entry)
+    elif entry["kind"] == "state_dict":
+        obj.load_state_dict(entry["state"])
+    elif entry["kind"] == "attributes":
+        for name, value in entry["state"].items():
+            setattr(obj, name, value)
+
+
+def _load_rng(state: dict) -> None:
+    for name, generator in RNGManager.random_generators.items():
+        if name not in state:
+            continue
+        value = state[name]
+        if name == "numpy":
+            value = (value["kind"], value["keys"].cpu().numpy().astype(np.uint32),
+                     value["pos"], value["has_gauss"], value["cached"])
+        elif name == "random":
+            value = (value["version"], tuple(value["internal"].tolist()), value["gauss_next"])
+        elif name == "torch":
+            value = value.cpu()
+        elif name == "torch.cuda":
+            value = [v.cpu() for v in value]
+        generator["load_state"](value)
+
+
+__all__ = ["STATELESS_METRICS", "load_strategy_state", "strategy_state"]
