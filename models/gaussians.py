@@ -5,6 +5,12 @@ Continual Learning on a Pre-trained Model", ICCV 2023. Each class ``c`` is
 summarised by ``N(mu_c, Sigma_c)`` of its features, and features are sampled
 from these Gaussians to re-train a classifier
 (:func:`neve.models.head_alignment.align_head`). Pure tensors, no Avalanche.
+
+A class is stored as its count ``n``, mean ``mu`` and scatter matrix
+``S = sum_i (f_i - mu)(f_i - mu)^T`` (``M2``), so two sets of statistics of the
+same class merge exactly (:func:`merge_moments`, the parallel update of Chan,
+Golub and LeVeque) and the covariance is ``S / (n - 1) + ridge * I``. The
+pure checks of a stored state are in :mod:`neve.models.gaussian_state`.
 """
 
 from __future__ import annotations
@@ -13,33 +19,43 @@ import math
 
 import torch
 
-COVARIANCE_KINDS = ("full", "diagonal", "shared")
+from .gaussian_state import (
+    COVARIANCE_KINDS,
+    check_covariance,
+    check_ridge,
+    check_update_inputs,
+    checked_state,
+)
+
+__all__ = ["COVARIANCE_KINDS", "ClassGaussianStats", "class_moments", "merge_moments"]
 
 
-def class_mean_and_covariance(
-    features: torch.Tensor, ridge: float
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Mean ``[D]``, unbiased covariance + ``ridge * I`` ``[D, D]`` (float64) and count.
+def class_moments(features: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """Count, mean ``[D]`` and scatter ``[D, D]`` (float64) of one class's features ``[N, D]``.
 
-    SLCA Sec. 4.2: ``mu_c = mean_i f_i``, ``Sigma_c = cov(f) + ridge * I`` (the
-    authors' code uses ``torch.cov`` in float64 with ridge 1e-4). With a single
-    sample the covariance is undefined (0 degrees of freedom): it is then
-    ``ridge * I``, an isotropic Gaussian around the one feature.
-
-    Args:
-        features: ``[N, D]`` features of one class, N >= 1.
+    ``S = (f - mu)^T (f - mu)``; the unbiased covariance is ``S / (N - 1)`` (SLCA
+    Sec. 4.2; the authors' code uses ``torch.cov`` in float64).
     """
-    if features.dim() != 2 or features.shape[0] < 1:
-        raise ValueError(f"features must be [N >= 1, D], got {tuple(features.shape)}")
     x = features.detach().to(torch.float64)
-    n, d = x.shape
     mean = x.mean(dim=0)
-    eye = torch.eye(d, dtype=torch.float64, device=x.device)
-    if n == 1:
-        return mean, ridge * eye, 1
     centred = x - mean
-    cov = centred.T @ centred / (n - 1)
-    return mean, cov + ridge * eye, n
+    return x.shape[0], mean, centred.T @ centred
+
+
+def merge_moments(
+    a: tuple[int, torch.Tensor, torch.Tensor], b: tuple[int, torch.Tensor, torch.Tensor]
+) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """Count, mean and scatter of the union of two sets (Chan, Golub, LeVeque 1979).
+
+    ``n = n_a + n_b``, ``delta = mu_b - mu_a``, ``mu = mu_a + delta n_b / n``,
+    ``S = S_a + S_b + delta delta^T n_a n_b / n``. Scatters are ``[D, D]`` or, for
+    diagonal statistics, ``[D]`` (then ``delta^2`` elementwise).
+    """
+    (n_a, mu_a, s_a), (n_b, mu_b, s_b) = a, b
+    n = n_a + n_b
+    delta = mu_b - mu_a
+    outer = torch.outer(delta, delta) if s_a.dim() == 2 else delta * delta
+    return n, mu_a + delta * (n_b / n), s_a + s_b + outer * (n_a * n_b / n)
 
 
 class ClassGaussianStats:
@@ -48,91 +64,113 @@ class ClassGaussianStats:
     ``covariance`` chooses what is stored per class, with D the feature size and
     C the number of classes (float64, 8 bytes a number):
 
-    * ``"full"``: a ``D x D`` covariance per class: ``C * (D^2 + D) * 8`` bytes
+    * ``"full"``: a ``D x D`` scatter per class: ``C * (D^2 + D) * 8`` bytes
       (D = 1280, C = 100: 1.3 GB; C = 10: 131 MB). The paper's choice. When a
-      class has ``n <= D`` samples its covariance has rank ``n - 1`` plus the
-      ridge, and the ``[n, D]`` centred features over ``sqrt(n - 1)`` are kept as
-      well (``n * D * 8`` bytes more): sampling then costs ``n * D`` instead of
-      ``D^2`` a sample, exactly the same Gaussian
-      (``x = mu + F^T z1 + sqrt(ridge) z2``, ``F^T F + ridge I = Sigma``).
-    * ``"diagonal"``: per-feature variances only: ``2 * C * D * 8`` bytes
+      class has few samples (``n <= D``, or after merges ``n_rows <= D``) the
+      rows ``F`` with ``F^T F = S / (n - 1)`` are kept as well (``n * D * 8``
+      bytes more): sampling then costs ``n * D`` instead of ``D^2`` a sample,
+      exactly the same Gaussian (``x = mu + F^T z1 + sqrt(ridge) z2``).
+    * ``"diagonal"``: the diagonal of the scatter only: ``2 * C * D * 8`` bytes
       (D = 1280, C = 100: 2 MB); features are sampled independently.
     * ``"shared"``: one pooled within-class covariance (sum of the classes'
       scatter matrices over their summed degrees of freedom, like LDA) plus a
-      mean per class: ``(D^2 + C * D) * 8`` bytes (D = 1280: 13 MB + 10 kB a class).
+      mean per class.
 
     ``ridge * I`` is added to every covariance (variance), so it is positive
     definite; a class seen with one sample contributes no scatter and, alone,
-    gets ``ridge * I``. Storing a class again replaces its statistics (and its
-    share of the pooled covariance).
+    gets ``ridge * I``. Storing a class again merges the new samples into its
+    statistics by counts (:func:`merge_moments`); the class keeps the group
+    (experience) it was first stored in.
 
-    State is plain tensors and ints (:meth:`state_dict` / :meth:`load_state_dict`).
+    State is plain tensors and ints (:meth:`state_dict` / :meth:`load_state_dict`):
+    counts, means and scatters, so statistics of disjoint data merge exactly.
     """
 
     def __init__(self, covariance: str = "full", ridge: float = 1e-4) -> None:
-        if covariance not in COVARIANCE_KINDS:
-            raise ValueError(f"covariance must be one of {COVARIANCE_KINDS}, got {covariance!r}")
-        if not math.isfinite(ridge) or ridge <= 0:
-            raise ValueError(f"ridge must be a finite number > 0, got {ridge!r}")
+        check_covariance(covariance)
+        check_ridge(ridge)
         self.covariance = covariance
         self.ridge = float(ridge)
         self.means: dict[int, torch.Tensor] = {}
-        self.covs: dict[int, torch.Tensor] = {}  # [D, D] (full) or [D] (diagonal); with ridge
-        self.scatters: dict[int, torch.Tensor] = {}  # shared: per-class scatter [D, D], no ridge
+        self.scatters: dict[int, torch.Tensor] = {}  # [D, D] (full, shared) or [D] (diagonal)
         self.counts: dict[int, int] = {}
-        self.groups: dict[int, int] = {}  # class -> experience it was stored in
-        self.low_rank: dict[int, torch.Tensor] = {}  # full, n <= D: centred / sqrt(n-1)
+        self.groups: dict[int, int] = {}  # class -> experience it was first stored in
+        self.low_rank: dict[int, torch.Tensor] = {}  # full, few rows: F^T F = S / (n - 1)
         self._factors: dict[int, torch.Tensor] = {}  # derived: Cholesky factors, not state
 
     @property
     def classes(self) -> list[int]:
         return sorted(self.means)
 
-    def update(
-        self, features: torch.Tensor, targets: torch.Tensor, group: int
-    ) -> list[int]:
-        """Store the statistics of each class present in ``targets``.
+    @property
+    def covs(self) -> dict[int, torch.Tensor]:
+        """Per class ``S / max(n - 1, 1) + ridge``: ``[D, D]`` (full) or ``[D]`` (diagonal)."""
+        if self.covariance == "shared":
+            return {}
+        return {c: self._own_covariance(c) for c in self.classes}
+
+    def _own_covariance(self, c: int) -> torch.Tensor:
+        scatter = self.scatters[c] / max(self.counts[c] - 1, 1)
+        if scatter.dim() == 1:
+            return scatter + self.ridge
+        return scatter + self.ridge * torch.eye(scatter.shape[0], dtype=torch.float64)
+
+    def update(self, features: torch.Tensor, targets: torch.Tensor, group: int) -> list[int]:
+        """Store (or merge in) the statistics of each class present in ``targets``.
+
+        All classes' statistics are computed first and committed together, so a
+        refused call (non-finite features, bad targets) changes nothing.
 
         Args:
-            features: ``[N, D]``.
-            targets: ``[N]`` integer class ids.
-            group: the experience index these classes belong to (for the per-
-                experience logit normalisation of the alignment).
+            features: ``[N, D]`` finite floats, N >= 1.
+            targets: ``[N]`` integer class ids >= 0.
+            group: the experience index (int >= 0) these classes belong to (for
+                the per-experience logit normalisation of the alignment); a class
+                stored before keeps its first group.
 
         Returns:
             The classes stored, ascending.
         """
-        if features.dim() != 2 or targets.dim() != 1 or features.shape[0] != targets.shape[0]:
-            raise ValueError(
-                f"features must be [N, D] and targets [N], got {tuple(features.shape)} "
-                f"and {tuple(targets.shape)}"
-            )
-        if self.means:
-            d = next(iter(self.means.values())).shape[0]
-            if features.shape[1] != d:
-                raise ValueError(f"features must have {d} columns, got {features.shape[1]}")
+        d = next(iter(self.means.values())).shape[0] if self.means else None
+        check_update_inputs(features, targets, group, d)
         features = features.detach().cpu()
         targets = targets.detach().cpu().long()
-        if self.covariance == "shared":
-            self._factors.clear()
-        stored = []
+        new: dict[int, tuple] = {}
         for c in torch.unique(targets).tolist():
-            mean, cov, n = class_mean_and_covariance(features[targets == c], self.ridge)
+            rows = features[targets == c]
+            n, mean, scatter = class_moments(rows)
+            own = (n, mean, scatter if self.covariance != "diagonal" else torch.diagonal(scatter))
+            low = None
+            if self.covariance == "full":
+                low = self._merged_rows(c, rows.to(torch.float64) - mean, own)
+            if c in self.means:
+                own = merge_moments((self.counts[c], self.means[c], self.scatters[c]), own)
+            new[c] = (own, low)
+        for c, ((n, mean, scatter), low) in new.items():
             self._factors.pop(c, None)
             self.low_rank.pop(c, None)
-            self.means[c], self.counts[c], self.groups[c] = mean, n, int(group)
-            if self.covariance == "full":
-                self.covs[c] = cov
-                if n <= cov.shape[0]:
-                    centred = features[targets == c].to(torch.float64) - mean
-                    self.low_rank[c] = centred / math.sqrt(max(n - 1, 1))
-            elif self.covariance == "diagonal":
-                self.covs[c] = torch.diagonal(cov).clone()
-            else:
-                eye = torch.eye(cov.shape[0], dtype=torch.float64)
-                self.scatters[c] = (cov - self.ridge * eye) * max(n - 1, 0)
-            stored.append(c)
-        return stored
+            self.means[c], self.scatters[c], self.counts[c] = mean, scatter.clone(), n
+            self.groups.setdefault(c, int(group))
+            if low is not None:
+                self.low_rank[c] = low
+        if self.covariance == "shared":
+            self._factors.clear()
+        return sorted(new)
+
+    def _merged_rows(self, c: int, centred: torch.Tensor, own: tuple) -> torch.Tensor | None:
+        """Rows ``F``, ``F^T F = S / (n - 1)``, after storing ``centred``; None if over D rows."""
+        d = centred.shape[1]
+        if c not in self.means:
+            n = own[0]
+            return centred / math.sqrt(max(n - 1, 1)) if n <= d else None
+        if c not in self.low_rank:
+            return None
+        n_a, n_b = self.counts[c], own[0]
+        n = n_a + n_b
+        delta = (own[1] - self.means[c]) * math.sqrt(n_a * n_b / n)
+        old = self.low_rank[c] * math.sqrt(max(n_a - 1, 1))
+        rows = torch.cat([old, centred, delta[None]])
+        return rows / math.sqrt(max(n - 1, 1)) if rows.shape[0] <= d else None
 
     def shared_covariance(self) -> torch.Tensor:
         """Pooled within-class covariance ``sum_c S_c / sum_c (n_c - 1) + ridge * I``."""
@@ -148,9 +186,9 @@ class ClassGaussianStats:
     def covariance_of(self, c: int) -> torch.Tensor:
         """Class ``c``'s covariance as a ``[D, D]`` float64 matrix (ridge included)."""
         if self.covariance == "full":
-            return self.covs[c]
+            return self._own_covariance(c)
         if self.covariance == "diagonal":
-            return torch.diag(self.covs[c])
+            return torch.diag(self._own_covariance(c))
         return self.shared_covariance()
 
     def sampler_factors(self) -> dict[int, torch.Tensor]:
@@ -159,14 +197,14 @@ class ClassGaussianStats:
         Factors are cached until the class (for ``"shared"``: any class) is stored again.
         """
         if self.covariance == "diagonal":
-            return {c: self.covs[c].sqrt() for c in self.classes}
+            return {c: self._own_covariance(c).sqrt() for c in self.classes}
         if self.covariance == "shared":
             if -1 not in self._factors:
                 self._factors[-1] = psd_cholesky(self.shared_covariance())
             return {c: self._factors[-1] for c in self.classes}
         for c in self.classes:
             if c not in self._factors and c not in self.low_rank:
-                self._factors[c] = psd_cholesky(self.covs[c])
+                self._factors[c] = psd_cholesky(self._own_covariance(c))
         return {c: self._factors[c] for c in self.classes if c not in self.low_rank}
 
     def sample(
@@ -188,9 +226,15 @@ class ClassGaussianStats:
             ``(features [K * n, D] float32, targets [K * n] int64)`` on ``device``,
             class by class in ascending class order.
         """
-        if samples_per_class < 1:
-            raise ValueError(f"samples_per_class must be >= 1, got {samples_per_class}")
+        if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, int) \
+                or samples_per_class < 1:
+            raise ValueError(f"samples_per_class must be an int >= 1, got {samples_per_class!r}")
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {generator!r}")
         classes = self.classes if classes is None else classes
+        unknown = sorted(set(classes) - set(self.means))
+        if unknown or not classes:
+            raise ValueError(f"classes must be stored classes {self.classes}, got {classes!r}")
         factors = self.sampler_factors() if factors is None else factors
         xs, ys = [], []
         for c in classes:
@@ -216,22 +260,23 @@ class ClassGaussianStats:
             "covariance": self.covariance,
             "ridge": self.ridge,
             "means": dict(self.means),
-            "covs": dict(self.covs),
-            "low_rank": dict(self.low_rank),
             "scatters": dict(self.scatters),
+            "low_rank": dict(self.low_rank),
             "counts": dict(self.counts),
             "groups": dict(self.groups),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.covariance = state["covariance"]
-        self.ridge = float(state["ridge"])
-        self.means = {int(k): v.clone() for k, v in state["means"].items()}
-        self.covs = {int(k): v.clone() for k, v in state["covs"].items()}
-        self.low_rank = {int(k): v.clone() for k, v in state["low_rank"].items()}
-        self.scatters = {int(k): v.clone() for k, v in state["scatters"].items()}
-        self.counts = {int(k): int(v) for k, v in state["counts"].items()}
-        self.groups = {int(k): int(v) for k, v in state["groups"].items()}
+        """Load a :meth:`state_dict`; the whole state is checked before anything changes.
+
+        A state of the earlier format (``covs`` with the ridge, no ``scatters`` for
+        full/diagonal) is converted: ``S = (cov - ridge) * (n - 1)``.
+        """
+        checked = checked_state(state)
+        self.covariance, self.ridge = checked["covariance"], checked["ridge"]
+        self.means, self.scatters = checked["means"], checked["scatters"]
+        self.low_rank, self.counts = checked["low_rank"], checked["counts"]
+        self.groups = checked["groups"]
         self._factors = {}
 
 

@@ -13,16 +13,26 @@ head are found on the model by attribute name (neve's model contract,
 from __future__ import annotations
 
 import copy
-import math
 import time
 
 import torch
 from avalanche.core import SupervisedPlugin
+from avalanche.models import MultiTaskModule
+from avalanche.training.supervised import JointTraining
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from ..models.classifier import model_part
 from ..models.features import extract_features
-from ..models.gaussians import COVARIANCE_KINDS, ClassGaussianStats
-from ..models.head_alignment import align_head, restore_leading_slices
+from ..models.gaussian_state import check_covariance, check_ridge, checked_state
+from ..models.gaussians import ClassGaussianStats
+from ..models.head_alignment import (
+    align_head,
+    alignment_batch_size,
+    check_int,
+    check_number,
+    restore_leading_slices,
+)
 
 # the plugin's options, as stored under "options" by state_dict (covariance and
 # ridge are stored with the statistics)
@@ -40,7 +50,79 @@ _OPTIONS = (
     "head",
     "seed",
     "stats_batch_size",
+    "min_steps",
+    "check_data",
 )
+
+
+def check_options(options: dict) -> None:
+    """A ValueError/TypeError naming the first bad option of :class:`ClassifierAlignmentPlugin`."""
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown ClassifierAlignmentPlugin options {unknown}")
+    ints = {"samples_per_class": 1, "epochs": 0, "min_steps": 1, "seed": 0}
+    for name, low in ints.items():
+        if name in options:
+            check_int(name, options[name], low)
+    for name in ("lr", "temperature"):
+        if name in options:
+            check_number(name, options[name], positive=True)
+    for name in ("momentum", "weight_decay"):
+        if name in options:
+            check_number(name, options[name], positive=False)
+    for name in ("keep_aligned", "logit_norm", "check_data"):
+        if name in options and not isinstance(options[name], bool):
+            raise TypeError(f"{name} must be True or False, got {options[name]!r}")
+    for name in ("features", "head"):
+        if name in options and (not isinstance(options[name], str) or not options[name]):
+            raise ValueError(f"{name} must be an attribute name of the model, got "
+                             f"{options[name]!r}")
+    for name in ("batch_size", "stats_batch_size"):
+        if options.get(name) is not None:
+            check_int(name, options[name], 1)
+
+
+def check_single_head(head: nn.Module, name: str = "classifier") -> None:
+    """Refuse a multi-head (task-incremental) head: SLCA's alignment is single-head."""
+    if isinstance(head, MultiTaskModule):
+        raise ValueError(
+            f"SLCA's classifier alignment supports single-head class-incremental models "
+            f"only: model.{name} is a {type(head).__name__} (a MultiTaskModule, one head per "
+            "task). Use a single head, e.g. avalanche.models.IncrementalClassifier or "
+            "neve.models.PretrainedClassifier"
+        )
+
+
+def check_finite_inputs(dataset: Dataset, batch_size: int) -> None:
+    """ValueError if an input of ``dataset`` holds NaN or inf (floating-point inputs only).
+
+    One pass over the data in order (no model), with its own generator so the
+    global random state is untouched. Raises for an empty dataset as well.
+    """
+    if len(dataset) == 0:
+        raise ValueError("the experience's dataset is empty: there is nothing to learn")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                        generator=torch.Generator())
+    seen = 0
+    for batch in loader:
+        x = batch[0]
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            bad = ~torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
+            if bool(bad.any()):
+                first = seen + int(bad.nonzero()[0])
+                raise ValueError(
+                    f"the experience's inputs contain NaN or inf (item {first}"
+                    f" of {len(dataset)}); nothing was learned. Clean the data, or pass "
+                    "ClassifierAlignmentPlugin(check_data=False) to skip this check"
+                )
+        seen += len(x)
+
+
+def _training_datasets(strategy) -> list:
+    """The data this training phase learns: the experience's, all of them for JointTraining."""
+    if isinstance(strategy, JointTraining):
+        return [exp.dataset for exp in strategy._experiences]
+    return [strategy.experience.dataset]
 
 
 class ClassifierAlignmentPlugin(SupervisedPlugin):
@@ -51,7 +133,9 @@ class ClassifierAlignmentPlugin(SupervisedPlugin):
     1. the experience's training data, with its eval transforms, goes through
        ``model.<features>`` (eval mode, no grad) and each class present gets its
        mean and covariance stored (:class:`ClassGaussianStats`; classes of
-       earlier experiences keep theirs);
+       earlier experiences keep theirs; a class seen before is merged by counts).
+       Under Avalanche's ``JointTraining`` the data is the whole joint training
+       set (``strategy.adapted_dataset``), one training phase;
     2. from the second experience on, ``model.<head>`` is re-trained on sampled
        features for all stored classes (:func:`align_head`). The representation
        is never touched (its parameters get no gradient and no update).
@@ -70,6 +154,12 @@ class ClassifierAlignmentPlugin(SupervisedPlugin):
 
     Single-sample classes: the covariance is undefined, so it is ``ridge * I``.
 
+    Single-head class-incremental models only: a ``MultiTaskModule`` head (e.g.
+    ``MultiHeadClassifier``) is refused with a ValueError when training starts.
+    Before each experience (``check_data``) its inputs are checked for NaN and
+    inf in one pass over the data without the model, so bad data is refused
+    before the weights change; an empty experience is refused always.
+
     Args:
         samples_per_class: features drawn per class per epoch (paper 256), >= 1.
         epochs: alignment epochs (paper 5), >= 0 (0 disables alignment).
@@ -78,7 +168,14 @@ class ClassifierAlignmentPlugin(SupervisedPlugin):
         covariance: ``"full"`` (paper), ``"diagonal"`` or ``"shared"``; memory in
             :class:`ClassGaussianStats`.
         keep_aligned: see above; default False as the authors' code.
-        batch_size: alignment mini-batch (authors 256).
+        batch_size: alignment mini-batch; ``batch_size=256`` is the authors'
+            setting exactly. None (default): the authors' 256, made smaller when
+            an epoch of sampled features (classes x ``samples_per_class``) would
+            give fewer than ``min_steps`` SGD steps
+            (:func:`neve.models.head_alignment.alignment_batch_size`): with few
+            classes, a few steps of 256 leave the head nearly as it was.
+        min_steps: fewest SGD steps per alignment epoch when ``batch_size`` is
+            None (>= 1; ignored when ``batch_size`` is given).
         momentum, weight_decay: of the alignment SGD (authors 0.9, 5e-4).
         ridge: added to the covariance diagonal (authors 1e-4).
         logit_norm: use Eq. 3's normalisation (True) or plain logits.
@@ -87,6 +184,8 @@ class ClassifierAlignmentPlugin(SupervisedPlugin):
             exactly and resume exactly from a checkpoint.
         stats_batch_size: mini-batch for the feature pass (default the
             strategy's ``eval_mb_size``).
+        check_data: check each experience's inputs for NaN/inf before training
+            (one pass over the data, no model; see above).
 
     Attributes:
         stats: the :class:`ClassGaussianStats`.
@@ -110,7 +209,7 @@ class ClassifierAlignmentPlugin(SupervisedPlugin):
         temperature: float = 0.1,
         covariance: str = "full",
         keep_aligned: bool = False,
-        batch_size: int = 256,
+        batch_size: int | None = None,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         ridge: float = 1e-4,
@@ -119,39 +218,18 @@ class ClassifierAlignmentPlugin(SupervisedPlugin):
         head: str = "classifier",
         seed: int = 0,
         stats_batch_size: int | None = None,
+        min_steps: int = 32,
+        check_data: bool = True,
     ) -> None:
         super().__init__()
-        if not isinstance(samples_per_class, int) or samples_per_class < 1:
-            raise ValueError(f"samples_per_class must be an int >= 1, got {samples_per_class!r}")
-        if not isinstance(epochs, int) or epochs < 0:
-            raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
-        if not math.isfinite(lr) or lr <= 0:
-            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-        if not math.isfinite(temperature) or temperature <= 0:
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-        if covariance not in COVARIANCE_KINDS:
-            raise ValueError(f"covariance must be one of {COVARIANCE_KINDS}, got {covariance!r}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        if momentum < 0 or weight_decay < 0:
-            raise ValueError(
-                f"momentum and weight_decay must be >= 0, got {momentum!r}, {weight_decay!r}"
-            )
-        if stats_batch_size is not None and stats_batch_size < 1:
-            raise ValueError(f"stats_batch_size must be >= 1, got {stats_batch_size!r}")
-        self.samples_per_class = samples_per_class
-        self.epochs = epochs
-        self.lr = float(lr)
-        self.temperature = float(temperature)
-        self.keep_aligned = bool(keep_aligned)
-        self.batch_size = batch_size
-        self.momentum = float(momentum)
-        self.weight_decay = float(weight_decay)
-        self.logit_norm = bool(logit_norm)
-        self.features = features
-        self.head = head
-        self.seed = int(seed)
-        self.stats_batch_size = stats_batch_size
+        options = {k: v for k, v in locals().items() if k in _OPTIONS}
+        check_options(options)
+        check_covariance(covariance)
+        check_ridge(ridge)
+        for key, value in options.items():
+            setattr(self, key, value)
+        self.lr, self.temperature = float(lr), float(temperature)
+        self.momentum, self.weight_decay = float(momentum), float(weight_decay)
         self.stats = ClassGaussianStats(covariance, ridge)
         self.experiences_seen = 0
         self.unaligned_head: dict[str, torch.Tensor] | None = None
@@ -159,8 +237,19 @@ class ClassifierAlignmentPlugin(SupervisedPlugin):
         self.alignment_seconds: list[float] = []
         self.alignment_losses: list[list[float]] = []
 
+    def before_training(self, strategy, **kwargs) -> None:
+        """Refuse a multi-head model before anything changes."""
+        check_single_head(model_part(strategy.model, self.head, "head"), self.head)
+
     def before_train_dataset_adaptation(self, strategy, **kwargs) -> None:
-        """Restore the unaligned head (``keep_aligned=False``) before the head can grow."""
+        """Check the data (``check_data``); restore the unaligned head before the head can grow."""
+        batch_size = self.stats_batch_size or strategy.eval_mb_size or strategy.train_mb_size
+        for dataset in _training_datasets(strategy):
+            if self.check_data:
+                check_finite_inputs(dataset.eval() if hasattr(dataset, "eval") else dataset,
+                                    batch_size)
+            elif len(dataset) == 0:
+                raise ValueError("the experience's dataset is empty: there is nothing to learn")
         if self.unaligned_head is not None:
             head = model_part(strategy.model, self.head, "head")
             restore_leading_slices(head, self.unaligned_head)
@@ -172,7 +261,9 @@ class ClassifierAlignmentPlugin(SupervisedPlugin):
         feature_extractor = model_part(model, self.features, "feature extractor")
         head = model_part(model, self.head, "head")
         start = time.perf_counter()
-        dataset = strategy.experience.dataset
+        # JointTraining: strategy.experience is the first experience only
+        joint = isinstance(strategy, JointTraining)
+        dataset = strategy.adapted_dataset if joint else strategy.experience.dataset
         if hasattr(dataset, "eval"):
             dataset = dataset.eval()
         batch_size = self.stats_batch_size or strategy.eval_mb_size or strategy.train_mb_size
@@ -192,7 +283,10 @@ class ClassifierAlignmentPlugin(SupervisedPlugin):
                 epochs=self.epochs,
                 lr=self.lr,
                 temperature=self.temperature,
-                batch_size=self.batch_size,
+                batch_size=alignment_batch_size(
+                    len(self.stats.classes) * self.samples_per_class, self.batch_size,
+                    self.min_steps,
+                ),
                 momentum=self.momentum,
                 weight_decay=self.weight_decay,
                 generator=torch.Generator().manual_seed(self.seed + self.experiences_seen),
@@ -216,11 +310,21 @@ class ClassifierAlignmentPlugin(SupervisedPlugin):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        for key, value in state["options"].items():
-            setattr(self, key, value)
-        self.stats.load_state_dict(state["stats"])
-        self.experiences_seen = int(state["experiences_seen"])
+        """Load a :meth:`state_dict`; everything is checked before anything changes."""
+        if not isinstance(state, dict) or "options" not in state or "stats" not in state:
+            raise ValueError("state must be a ClassifierAlignmentPlugin.state_dict()")
+        options = dict(state["options"])
+        check_options(options)
+        stats = checked_state(state["stats"])
+        seen = state["experiences_seen"]
+        check_int("experiences_seen", seen, 0)
         head = state["unaligned_head"]
+        if head is not None and not all(isinstance(v, torch.Tensor) for v in head.values()):
+            raise ValueError("state['unaligned_head'] must be None or a dict of tensors")
+        for key, value in options.items():
+            setattr(self, key, value)
+        self.stats.load_state_dict(stats)
+        self.experiences_seen = seen
         self.unaligned_head = None if head is None else {k: v.clone() for k, v in head.items()}
         self.statistics_seconds = list(state["statistics_seconds"])
         self.alignment_seconds = list(state["alignment_seconds"])

@@ -75,7 +75,6 @@ def split_param_groups(
     optimizer.param_groups[:] = new_groups
 
 
-
 def scale_norm_momentum(
     model: nn.Module, exclude: nn.Module, factor: float
 ) -> dict[nn.Module, float | None]:
@@ -105,6 +104,23 @@ def restore_norm_momentum(changed: dict[nn.Module, float | None]) -> None:
     """Undo :func:`scale_norm_momentum`."""
     for module, momentum in changed.items():
         module.momentum = momentum
+
+
+def _check_options(backbone_lr_scale: object, head: object, norm_stats: object) -> None:
+    """A ValueError/TypeError naming the first bad option of :class:`SlowLearnerPlugin`."""
+    number = isinstance(backbone_lr_scale, (int, float)) and not isinstance(backbone_lr_scale, bool)
+    if not number:
+        raise TypeError(
+            f"backbone_lr_scale must be a finite number >= 0, got {backbone_lr_scale!r}"
+        )
+    if not math.isfinite(backbone_lr_scale) or backbone_lr_scale < 0:
+        raise ValueError(
+            f"backbone_lr_scale must be a finite number >= 0, got {backbone_lr_scale!r}"
+        )
+    if not isinstance(head, str) or not head:
+        raise ValueError(f"head must be an attribute name, got {head!r}")
+    if not isinstance(norm_stats, str) or norm_stats not in NORM_STATS_MODES:
+        raise ValueError(f"norm_stats must be one of {NORM_STATS_MODES}, got {norm_stats!r}")
 
 
 class SlowLearnerPlugin(SupervisedPlugin):
@@ -148,15 +164,7 @@ class SlowLearnerPlugin(SupervisedPlugin):
         norm_stats: str = "slow",
     ) -> None:
         super().__init__()
-        finite = isinstance(backbone_lr_scale, (int, float)) and math.isfinite(backbone_lr_scale)
-        if not finite or backbone_lr_scale < 0:
-            raise ValueError(
-                f"backbone_lr_scale must be a finite number >= 0, got {backbone_lr_scale!r}"
-            )
-        if not isinstance(head, str) or not head:
-            raise ValueError(f"head must be an attribute name, got {head!r}")
-        if norm_stats not in NORM_STATS_MODES:
-            raise ValueError(f"norm_stats must be one of {NORM_STATS_MODES}, got {norm_stats!r}")
+        _check_options(backbone_lr_scale, head, norm_stats)
         self.backbone_lr_scale = float(backbone_lr_scale)
         self.head = head
         self.norm_stats = norm_stats
@@ -182,6 +190,10 @@ class SlowLearnerPlugin(SupervisedPlugin):
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Load a :meth:`state_dict`; checked before anything changes."""
+        if not isinstance(state, dict) or "backbone_lr_scale" not in state or "head" not in state:
+            raise ValueError("state must be a SlowLearnerPlugin.state_dict()")
+        _check_options(state["backbone_lr_scale"], state["head"], state.get("norm_stats", "slow"))
         self.backbone_lr_scale = float(state["backbone_lr_scale"])
         self.head = str(state["head"])
         self.norm_stats = str(state.get("norm_stats", "slow"))

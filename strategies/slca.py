@@ -14,8 +14,38 @@ from torch.nn import CrossEntropyLoss, Module
 from torch.optim import Optimizer
 
 from ..models.classifier import model_part
-from ..plugins.alignment import ClassifierAlignmentPlugin
+from ..models.head_alignment import check_int
+from ..plugins.alignment import ClassifierAlignmentPlugin, check_single_head
 from ..plugins.slow_learner import SlowLearnerPlugin
+
+
+def experience_classes(experience) -> list[int]:
+    """The classes of an experience, ascending.
+
+    ``experience.classes_in_this_experience`` where the benchmark has a class
+    timeline; otherwise (Avalanche's ``benchmark_from_datasets``,
+    ``split_online_stream``) the distinct targets of ``experience.dataset``.
+    """
+    classes = getattr(experience, "classes_in_this_experience", None)
+    if classes is None:
+        targets = experience.dataset.targets
+        uniques = getattr(targets, "uniques", None)
+        classes = uniques if uniques is not None else set(torch.as_tensor(targets).tolist())
+    return sorted(int(c) for c in classes)
+
+
+def _check_arguments(model, optimizer, train_mb_size, train_epochs, eval_mb_size,
+                     current_classes_loss) -> None:
+    if not isinstance(model, Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {optimizer!r}")
+    check_int("train_mb_size", train_mb_size, 1)
+    check_int("train_epochs", train_epochs, 1)
+    if eval_mb_size is not None:
+        check_int("eval_mb_size", eval_mb_size, 1)
+    if not isinstance(current_classes_loss, bool):
+        raise TypeError(f"current_classes_loss must be True or False, got {current_classes_loss!r}")
 
 
 class SLCA(Naive):
@@ -48,10 +78,15 @@ class SLCA(Naive):
             logits of the current experience's classes, targets re-indexed, and
             samples of other classes ignored (target ``-100``, the default
             ``ignore_index`` of ``CrossEntropyLoss``; a mini-batch with none of the
-            current classes, e.g. only replayed samples, gives a zero loss).
+            current classes, e.g. only replayed samples, gives a zero loss). The
+            current classes are :func:`experience_classes` (from the targets when
+            the benchmark has no class timeline).
             Without it (False) the loss is ``Naive``'s, over all logits, which
             pushes old classes' logits down and leaves the alignment a much
             larger bias to undo. Evaluation always uses all logits.
+
+    Single-head class-incremental models only: a ``MultiTaskModule`` head (e.g.
+    ``MultiHeadClassifier``) is refused at construction.
 
     Attributes:
         slow_learner, alignment: the two plugins.
@@ -79,11 +114,14 @@ class SLCA(Naive):
             raise TypeError(f"slow_learner must be a SlowLearnerPlugin, got {slow_learner!r}")
         if alignment is not None and not isinstance(alignment, ClassifierAlignmentPlugin):
             raise TypeError(f"alignment must be a ClassifierAlignmentPlugin, got {alignment!r}")
-        self.current_classes_loss = bool(current_classes_loss)
+        _check_arguments(model, optimizer, train_mb_size, train_epochs, eval_mb_size,
+                         current_classes_loss)
+        self.current_classes_loss = current_classes_loss
+        self._current_classes: list[int] = []
         self.slow_learner = SlowLearnerPlugin() if slow_learner is None else slow_learner
         self.alignment = ClassifierAlignmentPlugin() if alignment is None else alignment
         model_part(model, self.alignment.features, "feature extractor")
-        model_part(model, self.alignment.head, "head")
+        check_single_head(model_part(model, self.alignment.head, "head"), self.alignment.head)
         model_part(model, self.slow_learner.head, "head")
         super().__init__(
             model=model,
@@ -99,11 +137,15 @@ class SLCA(Naive):
             **base_kwargs,
         )
 
+    def _before_training_exp(self, **kwargs) -> None:
+        self._current_classes = experience_classes(self.experience)
+        super()._before_training_exp(**kwargs)
+
     def criterion(self):
         """``criterion`` over the current experience's classes while training (see above)."""
         if not (self.is_training and self.current_classes_loss):
             return super().criterion()
-        classes = sorted(self.experience.classes_in_this_experience)
+        classes = self._current_classes
         index = torch.tensor(classes, device=self.mb_output.device)
         lookup = torch.full(
             (max(self.mb_output.shape[1], max(classes) + 1),),

@@ -57,7 +57,7 @@ def main(mode: str, out: str, ckpt: str | None = None) -> None:
             "state": strategy.model.state_dict(),
             "accs": accs,
             "means": alignment["stats"]["means"],
-            "covs": alignment["stats"]["covs"],
+            "scatters": alignment["stats"]["scatters"],
             "losses": alignment["alignment_losses"],
         },
         out,

@@ -124,7 +124,9 @@ def test_samples_have_the_stored_mean_and_covariance():
     sigma = a @ a.T + 0.5 * torch.eye(d, dtype=torch.float64)
     mu = torch.randn(d, generator=gen, dtype=torch.float64)
     stats = ClassGaussianStats("full", RIDGE)
-    stats.means[3], stats.covs[3], stats.counts[3], stats.groups[3] = mu, sigma, 100, 0
+    eye = torch.eye(d, dtype=torch.float64)
+    stats.means[3], stats.counts[3], stats.groups[3] = mu, 100, 0
+    stats.scatters[3] = (sigma - RIDGE * eye) * 99  # covariance S / (n - 1) + ridge = sigma
     x, y = stats.sample(n, torch.Generator().manual_seed(7))
     assert x.shape == (n, d) and torch.equal(y, torch.full((n,), 3))
     xd = x.double()
@@ -139,7 +141,8 @@ def test_samples_have_the_stored_mean_and_covariance():
     assert torch.equal(x, x2)
 
     diag = ClassGaussianStats("diagonal", RIDGE)
-    diag.means[0], diag.covs[0], diag.counts[0], diag.groups[0] = mu, torch.diagonal(sigma), 9, 0
+    diag.means[0], diag.counts[0], diag.groups[0] = mu, 9, 0
+    diag.scatters[0] = (torch.diagonal(sigma) - RIDGE) * 8
     xd, _ = diag.sample(n, torch.Generator().manual_seed(3))
     np.testing.assert_allclose(xd.double().var(0).numpy(), torch.diagonal(sigma).numpy(), rtol=0.02)
     off = torch.cov(xd.double().T) - torch.diag(torch.diagonal(torch.cov(xd.double().T)))

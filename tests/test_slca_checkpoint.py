@@ -20,7 +20,7 @@ def test_resumed_slca_run_ends_exactly_where_uninterrupted_run_ends(tmp_path):
     assert sorted(a["means"]) == sorted(b["means"]) == list(range(10))
     for c in a["means"]:
         assert torch.equal(a["means"][c], b["means"][c])
-        assert torch.equal(a["covs"][c], b["covs"][c])
+        assert torch.equal(a["scatters"][c], b["scatters"][c])
     assert a["losses"] == b["losses"] and len(a["losses"]) == 4
 
 

@@ -1,0 +1,117 @@
+"""Checks of :class:`neve.models.gaussians.ClassGaussianStats`'s inputs and stored state.
+
+Pure functions that raise a ValueError/TypeError naming the argument; they
+change nothing, so the statistics are only touched after every check passed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+COVARIANCE_KINDS = ("full", "diagonal", "shared")
+
+
+def check_covariance(covariance: object) -> None:
+    if not isinstance(covariance, str) or covariance not in COVARIANCE_KINDS:
+        raise ValueError(f"covariance must be one of {COVARIANCE_KINDS}, got {covariance!r}")
+
+
+def check_ridge(ridge: object) -> None:
+    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)):
+        raise TypeError(f"ridge must be a finite number > 0, got {ridge!r}")
+    if not math.isfinite(ridge) or ridge <= 0:
+        raise ValueError(f"ridge must be a finite number > 0, got {ridge!r}")
+
+
+def check_update_inputs(
+    features: object, targets: object, group: object, columns: int | None
+) -> None:
+    """Checks of ``ClassGaussianStats.update``'s arguments (``columns``: the stored D)."""
+    if not isinstance(features, torch.Tensor) or not features.is_floating_point():
+        raise TypeError(f"features must be a floating-point tensor [N, D], got {type(features)}")
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"targets must be an integer tensor [N], got {type(targets)}")
+    if features.dim() != 2 or features.shape[0] < 1 or features.shape[1] < 1:
+        raise ValueError(f"features must be [N >= 1, D >= 1], got {tuple(features.shape)}")
+    if targets.dim() != 1 or targets.shape[0] != features.shape[0]:
+        raise ValueError(
+            f"targets must be [N] with N = {features.shape[0]} (features' rows), "
+            f"got {tuple(targets.shape)}"
+        )
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise TypeError(f"targets must hold integer class ids, got dtype {targets.dtype}")
+    if int(targets.min()) < 0:
+        raise ValueError(f"targets must be class ids >= 0, got {int(targets.min())}")
+    if columns is not None and features.shape[1] != columns:
+        raise ValueError(f"features must have {columns} columns, got {features.shape[1]}")
+    bad = ~torch.isfinite(features).all(dim=1)
+    if bool(bad.any()):
+        raise ValueError(
+            f"features contain NaN or inf in {int(bad.sum())} of {features.shape[0]} rows "
+            f"(first row {int(bad.nonzero()[0])}); nothing was stored"
+        )
+    if isinstance(group, bool) or not isinstance(group, int) or group < 0:
+        raise ValueError(f"group must be an int >= 0, got {group!r}")
+
+
+def _tensor_dict(state: dict, key: str) -> dict[int, torch.Tensor]:
+    value = state.get(key, {})
+    if not isinstance(value, dict):
+        raise ValueError(f"state[{key!r}] must be a dict class -> tensor, got {type(value)}")
+    out = {}
+    for c, t in value.items():
+        if not isinstance(t, torch.Tensor) or not bool(torch.isfinite(t).all()):
+            raise ValueError(f"state[{key!r}][{c!r}] must be a finite tensor")
+        out[int(c)] = t.detach().to(torch.float64).clone()
+    return out
+
+
+def _int_dict(state: dict, key: str, low: int) -> dict[int, int]:
+    value = state.get(key)
+    if not isinstance(value, dict):
+        raise ValueError(f"state[{key!r}] must be a dict class -> int, got {type(value)}")
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in value.values()):
+        raise ValueError(f"state[{key!r}] must hold ints >= {low}, got {value!r}")
+    return {int(c): int(v) for c, v in value.items()}
+
+
+def checked_state(state: object) -> dict:
+    """A validated, converted copy of a ``ClassGaussianStats.state_dict()``.
+
+    Raises a ValueError naming the first bad entry; the input is not modified.
+    """
+    required = ("covariance", "ridge", "means", "counts", "groups")
+    if not isinstance(state, dict) or any(k not in state for k in required):
+        raise ValueError(f"state must be a ClassGaussianStats.state_dict() with keys {required}")
+    check_covariance(state["covariance"])
+    check_ridge(state["ridge"])
+    kind, ridge = state["covariance"], float(state["ridge"])
+    means = _tensor_dict(state, "means")
+    counts, groups = _int_dict(state, "counts", 1), _int_dict(state, "groups", 0)
+    scatters = _tensor_dict(state, "scatters")
+    if kind != "shared" and "covs" in state and not scatters:  # earlier format
+        for c, cov in _tensor_dict(state, "covs").items():
+            eye = torch.eye(cov.shape[0], dtype=torch.float64) if cov.dim() == 2 else 1.0
+            scatters[c] = (cov - ridge * eye) * max(counts.get(c, 1) - 1, 0)
+    low_rank = _tensor_dict(state, "low_rank")
+    classes = set(means)
+    for key, part in (("counts", counts), ("groups", groups), ("scatters", scatters)):
+        if set(part) != classes:
+            raise ValueError(f"state[{key!r}] must have the classes of state['means']")
+    if not set(low_rank) <= classes or (low_rank and kind != "full"):
+        raise ValueError("state['low_rank'] must only hold classes of full statistics")
+    dims = {m.shape for m in means.values()}
+    if len(dims) > 1 or any(len(s) != 1 for s in dims):
+        raise ValueError(f"state['means'] must all be [D], got shapes {sorted(dims)}")
+    for c in classes:
+        d = means[c].shape[0]
+        shape = (d,) if kind == "diagonal" else (d, d)
+        if tuple(scatters[c].shape) != shape:
+            raise ValueError(f"state['scatters'][{c}] must be {shape}, got "
+                             f"{tuple(scatters[c].shape)}")
+        if c in low_rank and (low_rank[c].dim() != 2 or low_rank[c].shape[1] != d):
+            raise ValueError(f"state['low_rank'][{c}] must be [rows, {d}]")
+    return {"covariance": kind, "ridge": ridge, "means": means, "scatters": scatters,
+            "low_rank": low_rank, "counts": counts, "groups": groups}
