@@ -23,6 +23,7 @@ from avalanche.benchmarks import nc_benchmark
 from avalanche.benchmarks.scenarios.generic_scenario import CLScenario
 from torch.utils.data import Dataset
 
+from .arguments import check_bool, check_int, check_labelled, check_seed
 from .curriculum_score import as_class_list, check_order
 from .datasets import IndexedSubset
 from .deprecation import NOT_GIVEN, renamed_keyword
@@ -31,15 +32,15 @@ from .online import split_online
 
 def select_classes(dataset: Dataset, classes: Sequence[int]) -> IndexedSubset:
     """The items of ``dataset`` whose label is in ``classes`` (keeps ``.targets``)."""
+    targets = check_labelled(dataset, "dataset")
     classes = as_class_list(classes, "classes")
-    targets = torch.as_tensor(dataset.targets).long()
     present = set(torch.unique(targets).tolist())
     absent = sorted(set(classes) - present)
     if absent:
         raise ValueError(
             f"classes {absent} have no samples in the dataset (present: {sorted(present)})"
         )
-    mask = torch.isin(targets, torch.tensor(classes))
+    mask = torch.isin(targets, torch.tensor(classes, dtype=torch.long))
     return IndexedSubset(dataset, torch.nonzero(mask).flatten())
 
 
@@ -61,9 +62,9 @@ def curriculum_benchmark(
     Avalanche's ``nc_benchmark(..., fixed_class_order=order)``.
 
     Args:
-        train, test: datasets with ``.targets``; every class present in ``train``
-            must appear in ``order`` (use :func:`select_classes` to pick a subset).
-        order: class labels in teaching order.
+        train, test: datasets with integer ``.targets``; classes not in ``order``
+            are left out of both (as with :func:`select_classes`).
+        order: class labels in teaching order (all classes of ``train`` or a subset).
         classes_per_experience: classes per experience; must divide ``len(order)``.
         online: if True, ``train_stream`` is the single-pass online stream of
             :func:`split_online` (mini-experiences of ``experience_size`` items,
@@ -74,37 +75,36 @@ def curriculum_benchmark(
         mb_size: deprecated name of ``experience_size``.
 
     Raises:
-        ValueError: bad order (repeats, misses a class of ``train``, fewer than 2
-            classes), classes of ``order`` with no samples in ``train`` or
-            ``test``, or ``classes_per_experience`` not dividing ``len(order)``.
+        TypeError: an argument of the wrong kind (a non-integer label or size,
+            a non-bool ``online``, datasets without ``.targets``), naming it.
+        ValueError: bad order (repeats, fewer than 2 classes), classes of
+            ``order`` with no samples in ``train`` or ``test``,
+            ``classes_per_experience`` < 1 or not dividing ``len(order)``,
+            ``experience_size`` < 1, ``seed`` < 0.
     """
     experience_size = renamed_keyword(
         experience_size, mb_size, new="experience_size", old="mb_size", default=64
     )
     order = check_order(order)
-    for name, ds in (("train", train), ("test", test)):
-        if not hasattr(ds, "targets"):
-            raise ValueError(f"{name} must have .targets")
-    k = int(classes_per_experience)
-    if k < 1 or len(order) % k:
+    train_targets = check_labelled(train, "train")
+    test_targets = check_labelled(test, "test")
+    k = check_int(classes_per_experience, "classes_per_experience", minimum=1)
+    if len(order) % k:
         raise ValueError(
-            f"classes_per_experience must be >= 1 and divide len(order)={len(order)}, got {k}"
+            f"classes_per_experience must divide len(order)={len(order)}, got {k}"
         )
-    train_classes = set(torch.unique(torch.as_tensor(train.targets)).tolist())
-    test_classes = set(torch.unique(torch.as_tensor(test.targets)).tolist())
-    for name, present in (("train", train_classes), ("test", test_classes)):
+    online = check_bool(online, "online")
+    experience_size = check_int(experience_size, "experience_size", minimum=1)
+    seed = check_seed(seed)
+    selected = {}
+    for name, ds, targets in (("train", train, train_targets), ("test", test, test_targets)):
+        present = set(torch.unique(targets).tolist())
         absent = sorted(set(order) - present)
         if absent:
             raise ValueError(f"order holds classes {absent} with no samples in {name}")
-    missing = sorted(train_classes - set(order))
-    if missing:
-        raise ValueError(
-            f"order misses classes {missing} present in train; select the classes to use "
-            "with neve.benchmarks.select_classes first"
-        )
-    extra_test = sorted(test_classes - set(order))
-    if extra_test:
-        test = select_classes(test, order)
+        # an order over a subset of the classes: the benchmark is over those classes only
+        selected[name] = select_classes(ds, order) if present - set(order) else ds
+    train, test = selected["train"], selected["test"]
     bm = nc_benchmark(
         train,
         test,

@@ -14,7 +14,7 @@ The authors average batch means; neve takes the plain mean of the embeddings.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -23,8 +23,10 @@ from torch.utils.data import Dataset
 
 from ..models.backbones import Backbone, pretrained_backbone
 from ..models.features import extract_features
+from .arguments import check_bool, check_int, check_labelled, check_seed
 from .curriculum_score import (
     DISTANCES,
+    as_class_list,
     check_order,
     class_prototypes,
     curriculum_score,
@@ -84,6 +86,7 @@ class CurriculumDesigner:
         )
         self.seed = seed
         self.device = device
+        self._check_params()
 
     @property
     def samples_per_class(self) -> int | None:
@@ -98,10 +101,18 @@ class CurriculumDesigner:
 
     # -- fitting
     def _check_params(self) -> None:
-        if self.distance not in DISTANCES:
+        """TypeError/ValueError naming the first bad parameter (run at construction and fit)."""
+        teacher = self.teacher
+        if teacher is not None and not callable(teacher):
+            raise TypeError(
+                f"teacher must be None, a torch module or a callable, got {type(teacher).__name__}"
+            )
+        if not isinstance(self.distance, str) or self.distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {self.distance!r}")
-        if self.max_per_class is not None and int(self.max_per_class) < 1:
-            raise ValueError(f"max_per_class must be >= 1 or None, got {self.max_per_class}")
+        check_int(self.max_per_class, "max_per_class", minimum=1, optional=True)
+        check_seed(self.seed)
+        if not isinstance(self.device, (str, torch.device)):
+            raise TypeError(f"device must be a str or torch.device, got {self.device!r}")
 
     def _subsample(self, targets: torch.Tensor, classes: list[int]) -> torch.Tensor:
         """Sorted indices of up to ``max_per_class`` items of each class (seeded shuffle)."""
@@ -144,9 +155,7 @@ class CurriculumDesigner:
             classes: classes to fit (default: all classes of ``dataset``).
         """
         self._check_params()
-        if not hasattr(dataset, "targets"):
-            raise ValueError("dataset must have .targets")
-        targets = torch.as_tensor(dataset.targets).long()
+        targets = check_labelled(dataset, "dataset")
         classes = self._resolve_classes(targets, classes)
         subset = IndexedSubset(dataset, self._subsample(targets, classes))
         feats, labels = self._embed(subset)
@@ -237,6 +246,7 @@ class CurriculumDesigner:
         """
         self._check_fitted()
         classes = self.classes_ if classes is None else sorted(check_order(classes, name="classes"))
+        check_bool(return_scores, "return_scores")
         d, var = self.normalized_distances(classes)
         orders, scores = rank_orders(
             d, var, top_k=top_k, search=search, beam_width=beam_width, seed=self.seed
@@ -298,13 +308,33 @@ class CurriculumDesigner:
         """Restore what :meth:`state_dict` returned (the teacher is not part of it).
 
         States saved before the rename hold ``samples_per_class`` instead of
-        ``max_per_class``; they load the same.
+        ``max_per_class``; they load the same. The whole state is checked before
+        anything is changed.
         """
-        self.distance = state["distance"]
+        if not isinstance(state, Mapping) or not {"distance", "seed"} <= state.keys():
+            raise ValueError("state must be a CurriculumDesigner.state_dict() mapping")
         key = "max_per_class" if "max_per_class" in state else "samples_per_class"
-        self.max_per_class = state[key]
-        self.seed = state["seed"]
+        if key not in state:
+            raise ValueError("state must hold max_per_class (or samples_per_class)")
+        distance = state["distance"]
+        if not isinstance(distance, str) or distance not in DISTANCES:
+            raise ValueError(f"state's distance must be one of {DISTANCES}, got {distance!r}")
+        max_per_class = check_int(state[key], "state's max_per_class", minimum=1, optional=True)
+        seed = check_seed(state["seed"], "state's seed")
+        fitted = None
         if "distances" in state:
-            self.classes_ = [int(c) for c in state["classes"]]
-            self.prototypes_ = state["prototypes"].clone()
-            self.distances_ = state["distances"].clone()
+            classes = as_class_list(state["classes"], "state's classes")
+            protos = torch.as_tensor(state["prototypes"])
+            dists = torch.as_tensor(state["distances"])
+            c = len(classes)
+            if protos.dim() != 2 or protos.shape[0] != c or tuple(dists.shape) != (c, c):
+                raise ValueError(
+                    f"state's prototypes [C, D] and distances [C, C] must match its {c} classes, "
+                    f"got {tuple(protos.shape)} and {tuple(dists.shape)}"
+                )
+            if not (bool(torch.isfinite(protos).all()) and bool(torch.isfinite(dists).all())):
+                raise ValueError("state's prototypes and distances must be finite")
+            fitted = (classes, protos.clone(), dists.clone())
+        self.distance, self.max_per_class, self.seed = distance, max_per_class, seed
+        if fitted is not None:
+            self.classes_, self.prototypes_, self.distances_ = fitted

@@ -42,18 +42,25 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .arguments import check_int, check_labels
+
 DISTANCES = ("cosine", "euclidean")
 
 
 def as_class_list(classes: Sequence[int], name: str) -> list[int]:
-    """``classes`` as a list of ints, or a ValueError naming the argument ``name``."""
+    """``classes`` as a list of ints, or a TypeError naming the argument ``name``.
+
+    Integers (Python, numpy, 0-d integer tensors) only: a string, a float such as
+    ``7.5`` or a bool is refused rather than converted.
+    """
+    if isinstance(classes, (str, bytes)) or not hasattr(classes, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of integer class labels, got {classes!r}")
     try:
-        out = [int(c) for c in classes]
-    except (TypeError, ValueError) as err:
-        raise ValueError(
+        return [check_int(c, name) for c in classes]
+    except TypeError as err:
+        raise TypeError(
             f"{name} must be a sequence of integer class labels, got {classes!r}"
         ) from err
-    return out
 
 
 def check_order(
@@ -93,14 +100,31 @@ def check_order(
 def features_and_targets(
     features: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``features`` as an ``[N, D]`` tensor and ``targets`` as ``[N]`` int64, or a ValueError."""
-    features = torch.as_tensor(features)
-    targets = torch.as_tensor(targets).long()
-    if features.dim() != 2 or features.shape[0] != targets.shape[0]:
+    """``features`` as a finite ``[N, D]`` tensor and ``targets`` as ``[N]`` int64.
+
+    Raises:
+        TypeError: ``features`` is not numeric, ``targets`` not integer labels.
+        ValueError: wrong shapes, a NaN or inf feature, non-integer or negative labels.
+    """
+    try:
+        features = torch.as_tensor(features)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(
+            f"features must be a numeric [N, D] tensor or array, got {type(features).__name__}"
+        ) from err
+    if features.dtype == torch.bool or features.is_complex():
+        raise TypeError(f"features must be real numbers, got dtype {features.dtype}")
+    if features.dim() != 2:
+        raise ValueError(f"features must be [N, D], got shape {tuple(features.shape)}")
+    targets = check_labels(targets, "targets")
+    if features.shape[0] != targets.shape[0]:
         raise ValueError(
-            f"features must be [N, D] and targets [N], got {tuple(features.shape)} and "
-            f"{tuple(targets.shape)}"
+            f"features [N, D] and targets [N] must have the same N, got {tuple(features.shape)} "
+            f"and {tuple(targets.shape)}"
         )
+    if features.is_floating_point() and not bool(torch.isfinite(features).all()):
+        bad = torch.nonzero(~torch.isfinite(features).all(dim=1)).flatten().tolist()
+        raise ValueError(f"features must be finite: rows {bad[:10]} hold NaN or inf")
     return features, targets
 
 

@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from .arguments import check_int, check_seed
 from .curriculum_score import score_orders, score_steps
 
 SEARCHES = ("auto", "exhaustive", "beam")
@@ -169,10 +170,11 @@ def rank_orders(
     Returns:
         ``(orders [M, n] int, scores [M] float64)``, best first.
     """
-    if search not in SEARCHES:
+    if not isinstance(search, str) or search not in SEARCHES:
         raise ValueError(f"search must be 'auto', 'exhaustive' or 'beam', got {search!r}")
-    if top_k is not None and int(top_k) < 1:
-        raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+    top_k = check_int(top_k, "top_k", minimum=1, optional=True)
+    beam_width = check_int(beam_width, "beam_width", minimum=1, optional=True)
+    seed = check_seed(seed)
     n = d.shape[0]
     if search == "auto":
         search = "exhaustive" if n <= 8 else "beam"
@@ -181,9 +183,7 @@ def rank_orders(
             raise ValueError(f"exhaustive search over {n}! orders is too large; use search='beam'")
         orders = all_orders(n)
     else:
-        width = default_beam_width(n) if beam_width is None else int(beam_width)
-        if width < 1:
-            raise ValueError(f"beam_width must be >= 1 or None, got {beam_width}")
+        width = default_beam_width(n) if beam_width is None else beam_width
         beam = beam_search_orders(d, var, beam_width=width)
         # polish every beam order for few classes, only the best one for many
         polish = len(beam) if n <= 20 else 1
@@ -196,5 +196,5 @@ def rank_orders(
     scores = score_orders(orders, d, var)
     rank = np.argsort(-scores, kind="stable")
     if top_k is not None:
-        rank = rank[: int(top_k)]
+        rank = rank[:top_k]
     return orders[rank], scores[rank]

@@ -17,6 +17,8 @@ import torch
 from avalanche.benchmarks.scenarios.generic_scenario import EagerCLStream
 from avalanche.benchmarks.scenarios.online import OnlineCLExperience
 
+from .arguments import check_bool, check_int, check_seed
+
 
 class BoundaryAwareOnlineExperience(OnlineCLExperience):
     """An :class:`OnlineCLExperience` that also carries class information.
@@ -86,18 +88,31 @@ def split_online(
         access_task_boundaries: whether strategies may read ``is_first_subexp`` /
             ``is_last_subexp`` (Avalanche's flag of the same name).
         name: the stream's name.
+
+    Raises:
+        TypeError: an argument of the wrong kind, naming it.
+        ValueError: ``experience_size`` < 1 or ``seed`` < 0.
     """
-    size = int(experience_size)
-    if size < 1:
-        raise ValueError(f"experience_size must be >= 1, got {experience_size}")
-    exps = list(stream)
+    size = check_int(experience_size, "experience_size", minimum=1)
+    shuffle = check_bool(shuffle, "shuffle")
+    seed = check_seed(seed)
+    access_task_boundaries = check_bool(access_task_boundaries, "access_task_boundaries")
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {name!r}")
+    try:
+        exps = list(stream)
+    except TypeError as err:
+        raise TypeError(f"stream must be an iterable of experiences, got {stream!r}") from err
+    for exp in exps:
+        if not hasattr(getattr(exp, "dataset", None), "targets"):
+            raise TypeError("stream must hold experiences with a classification dataset")
     all_classes: set[int] = set()
     for exp in exps:
         all_classes |= {int(c) for c in exp.dataset.targets.uniques}
     subs, seen = [], set()
     for e_idx, exp in enumerate(exps):
         ds = exp.dataset
-        chunks = chunk_indices(len(ds), size, shuffle, int(seed) + e_idx)
+        chunks = chunk_indices(len(ds), size, shuffle, seed + e_idx)
         targets = torch.as_tensor(list(ds.targets))
         prev = set(seen)
         for c_idx, chunk in enumerate(chunks):

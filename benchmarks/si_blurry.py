@@ -31,6 +31,14 @@ from avalanche.benchmarks.utils.classification_dataset import (
 )
 from torch.utils.data import Dataset
 
+from .arguments import (
+    check_bool,
+    check_fraction,
+    check_int,
+    check_labelled,
+    check_labels,
+    check_seed,
+)
 from .deprecation import NOT_GIVEN, renamed_keyword
 from .online import split_online
 
@@ -57,25 +65,30 @@ def si_blurry_split(
         disjoint_class_ratio: share of classes that appear in one task only, in [0, 1].
         blurry_sample_ratio: share of the blurry classes' samples dealt to random
             tasks, in [0, 1].
-        seed: the split depends on nothing else.
+        seed: the split depends on nothing else (an integer >= 0).
 
     Returns:
         ``(task_indices, disjoint_classes, blurry_classes)``: for each task the
         (shuffled) indices into ``targets``, and the disjoint and blurry classes it
         owns. Every task owns at least one class; the cut points are redrawn
         until it does.
+
+    Raises:
+        TypeError: an argument of the wrong kind (float or string counts,
+            non-integer labels), naming it.
+        ValueError: labels not 1-d, negative or non-integer; ``n_tasks`` outside
+            [1, number of classes]; a ratio outside [0, 1]; ``seed`` < 0.
     """
-    targets = torch.as_tensor(targets).long()
+    targets = check_labels(targets, "targets")
     classes = torch.unique(targets)
-    if int(n_tasks) < 1 or int(n_tasks) > len(classes):
+    n_tasks = check_int(n_tasks, "n_tasks", minimum=1)
+    if n_tasks > len(classes):
         raise ValueError(
             f"n_tasks must be in [1, number of classes = {len(classes)}], got {n_tasks}"
         )
-    if not 0.0 <= disjoint_class_ratio <= 1.0:
-        raise ValueError(f"disjoint_class_ratio must be in [0, 1], got {disjoint_class_ratio}")
-    if not 0.0 <= blurry_sample_ratio <= 1.0:
-        raise ValueError(f"blurry_sample_ratio must be in [0, 1], got {blurry_sample_ratio}")
-    gen = torch.Generator().manual_seed(int(seed))
+    disjoint_class_ratio = check_fraction(disjoint_class_ratio, "disjoint_class_ratio")
+    blurry_sample_ratio = check_fraction(blurry_sample_ratio, "blurry_sample_ratio")
+    gen = torch.Generator().manual_seed(check_seed(seed))
     order = classes[torch.randperm(len(classes), generator=gen)]
     n_disjoint = int(round(disjoint_class_ratio * len(classes)))
     disjoint, blurry = order[:n_disjoint], order[n_disjoint:]
@@ -162,12 +175,11 @@ def si_blurry_benchmark(
         old="online_batch_size",
         default=10,
     )
-    if int(experience_size) < 1:
-        raise ValueError(f"experience_size must be >= 1, got {experience_size}")
-    train_targets = torch.as_tensor(getattr(train, "targets", None))
-    if train_targets.dim() != 1:
-        raise ValueError("train must have integer .targets of shape [N]")
-    test_targets = torch.as_tensor(test.targets).long()
+    experience_size = check_int(experience_size, "experience_size", minimum=1)
+    online = check_bool(online, "online")
+    access_task_boundaries = check_bool(access_task_boundaries, "access_task_boundaries")
+    train_targets = check_labelled(train, "train")
+    test_targets = check_labelled(test, "test")
     tasks, disjoint_groups, blurry_groups = si_blurry_split(
         train_targets,
         n_tasks=n_tasks,
@@ -189,7 +201,7 @@ def si_blurry_benchmark(
     if online:
         online_stream = split_online(
             bm.train_stream,
-            int(experience_size),
+            experience_size,
             shuffle=False,
             access_task_boundaries=access_task_boundaries,
         )

@@ -1,54 +1,26 @@
-"""Curriculum effectiveness F (Singh et al., "Learning to Learn", ICCV 2023).
+"""Curriculum effectiveness F as an Avalanche metric (Singh et al., "Learning to Learn", ICCV 2023).
 
-For a class-incremental run over ``T`` experiences, with ``acc[t, j]`` the test
-accuracy on experience ``j`` after training experience ``t``:
-
-* ``alpha = mean_j acc[T-1, j]`` -- final mean accuracy over the experiences;
-* ``beta = acc[0, 0] - acc[T-1, 0]`` -- how much of the first experience was
-  forgotten between just after learning it and the end;
-* ``F = 2 * alpha / (beta * alpha + 1)`` (Singh et al. 2023, Sec. 4; the
-  authors' ``CurriculumUtils`` computes the same from their logs).
-
-:func:`curriculum_effectiveness` computes them from an accuracy matrix;
-:class:`CurriculumEffectiveness` is an Avalanche ``PluginMetric`` that measures
-the matrix during evaluation and reports alpha, beta and F after every
-evaluation of a stream, beside Avalanche's own metrics in an
-``EvaluationPlugin``.
+:class:`CurriculumEffectiveness` is a ``PluginMetric`` that measures the
+accuracy matrix ``acc[t, j]`` (accuracy on experience ``j`` after training
+experience ``t``) during evaluation and reports alpha, beta and F of
+:mod:`neve.plugins.curriculum_f` after every evaluation that follows a training
+experience, beside Avalanche's own metrics in an ``EvaluationPlugin``.
+:func:`curriculum_effectiveness` computes them from a matrix.
 """
 
 from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
 
+from .curriculum_f import curriculum_effectiveness, effectiveness_f
 
-def effectiveness_f(alpha: float, beta: float) -> float:
-    """``F = 2 * alpha / (beta * alpha + 1)`` (Singh et al. 2023)."""
-    return 2.0 * float(alpha) / (float(beta) * float(alpha) + 1.0)
-
-
-def curriculum_effectiveness(accuracy: np.ndarray) -> tuple[float, float, float]:
-    """``(alpha, beta, F)`` from an accuracy matrix.
-
-    Args:
-        accuracy: ``[T, E]`` (usually ``T = E``), ``accuracy[t, j]`` the accuracy
-            in ``[0, 1]`` on experience ``j`` after training experience ``t``;
-            entries of experiences not yet seen may be NaN.
-
-    Returns:
-        ``alpha`` = mean of the last row (NaNs ignored), ``beta`` =
-        ``accuracy[0, 0] - accuracy[-1, 0]``, and ``F``.
-    """
-    acc = np.asarray(accuracy, dtype=np.float64)
-    if acc.ndim != 2 or acc.shape[0] < 1 or acc.shape[1] < 1:
-        raise ValueError(f"accuracy must be a non-empty [T, E] matrix, got shape {acc.shape}")
-    if np.isnan(acc[0, 0]) or np.isnan(acc[-1, 0]) or np.all(np.isnan(acc[-1])):
-        raise ValueError("accuracy[0, 0], accuracy[-1, 0] and the last row must be measured")
-    alpha = float(np.nanmean(acc[-1]))
-    beta = float(acc[0, 0] - acc[-1, 0])
-    return alpha, beta, effectiveness_f(alpha, beta)
+__all__ = ["CurriculumEffectiveness", "curriculum_effectiveness", "effectiveness_f"]
 
 
 def _trained_experience_index(strategy) -> int:
@@ -66,14 +38,23 @@ class CurriculumEffectiveness(PluginMetric[dict]):
 
     Each evaluation measures the accuracy on every evaluated experience; rows of
     the accuracy matrix are indexed by the last trained experience (for online
-    streams, the origin experience of the last mini-experience). After each
-    evaluation of a stream it emits, when at least one experience was trained:
+    streams, the origin experience of the last mini-experience). Only an
+    evaluation after a training experience counts: one between experiences
+    (``strategy.eval`` after ``train``, or Avalanche's final evaluation of
+    ``eval_every >= 0``), or a periodic evaluation inside an experience with no
+    training iteration after it (``eval_every=k`` evaluating after the last
+    epoch). Periodic evaluations followed by more training are ignored. After
+    each evaluation that counts it emits, when at least one experience was trained:
 
     * ``CurriculumAlpha/eval_phase/<stream>``: mean accuracy over the
       experiences trained so far (at the end: over all experiences);
     * ``CurriculumBeta/eval_phase/<stream>``: accuracy on experience 0 at the
       last evaluation while experience 0 was the latest trained, minus now;
     * ``CurriculumF/eval_phase/<stream>``: ``2 alpha / (beta alpha + 1)``.
+
+    If experience 0 was not evaluated right after it was trained, beta and F
+    are undefined: a ``UserWarning`` says so (once per stream) and only alpha
+    is emitted.
 
     State is plain Python numbers (checkpoint-safe); see :meth:`state_dict`.
     """
@@ -83,8 +64,11 @@ class CurriculumEffectiveness(PluginMetric[dict]):
         self.trained_upto = -1
         self.first_after_learning: dict[str, float] = {}
         self.rows: dict[str, dict[int, dict[int, float]]] = {}
-        self._correct: dict[int, int] = {}
-        self._total: dict[int, int] = {}
+        self._correct: dict[tuple[str, int], int] = {}
+        self._total: dict[tuple[str, int], int] = {}
+        self._in_experience = False
+        self._pending: dict[str, dict[int, float]] | None = None
+        self._warned: set[str] = set()
 
     # -- Metric API
     def reset(self) -> None:
@@ -94,10 +78,26 @@ class CurriculumEffectiveness(PluginMetric[dict]):
         """Accuracy of each ``(stream name, experience)`` of the evaluation in progress."""
         return {k: self._correct[k] / self._total[k] for k in self._total if self._total[k]}
 
-    # -- callbacks
+    # -- training callbacks: which evaluations count
+    def before_training(self, strategy):
+        self._in_experience, self._pending = False, None
+
+    def before_training_exp(self, strategy):
+        self._in_experience, self._pending = True, None
+
+    def after_training_iteration(self, strategy):
+        self._pending = None  # the model changed after the last periodic evaluation
+
     def after_training_exp(self, strategy):
         self.trained_upto = max(self.trained_upto, _trained_experience_index(strategy))
+        self._in_experience = False
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return None
+        # a periodic evaluation after the experience's last iteration is its final one
+        return self._record(pending, strategy)
 
+    # -- evaluation callbacks
     def before_eval(self, strategy):
         self.reset()
 
@@ -110,11 +110,18 @@ class CurriculumEffectiveness(PluginMetric[dict]):
         self._total[key] = self._total.get(key, 0) + int(y.numel())
 
     def after_eval(self, strategy):
-        if self.trained_upto < 0:
-            return None
         per_stream: dict[str, dict[int, float]] = {}
         for (stream, j), acc in self.result().items():
             per_stream.setdefault(stream, {})[j] = acc
+        if self._in_experience:  # periodic: counts only if no training follows
+            self._pending = per_stream
+            return None
+        if self.trained_upto < 0:
+            return None
+        return self._record(per_stream, strategy)
+
+    def _record(self, per_stream: dict[str, dict[int, float]], strategy):
+        """Store the accuracies as row ``trained_upto``; alpha, beta, F as MetricValues."""
         values = []
         x = strategy.clock.train_iterations
         for stream, accs in per_stream.items():
@@ -123,21 +130,39 @@ class CurriculumEffectiveness(PluginMetric[dict]):
                 continue
             if self.trained_upto == 0:
                 self.first_after_learning[stream] = accs[0]
-            if stream not in self.first_after_learning:
-                continue
             seen = [accs[j] for j in range(self.trained_upto + 1) if j in accs]
             alpha = float(np.mean(seen))
+            values.append(
+                MetricValue(self, f"CurriculumAlpha/eval_phase/{stream}_stream", alpha, x)
+            )
+            if stream not in self.first_after_learning:
+                self._warn_missing_first(stream)
+                continue
             beta = self.first_after_learning[stream] - accs[0]
             f = effectiveness_f(alpha, beta)
             values += [
-                MetricValue(self, f"CurriculumAlpha/eval_phase/{stream}_stream", alpha, x),
                 MetricValue(self, f"CurriculumBeta/eval_phase/{stream}_stream", beta, x),
                 MetricValue(self, f"CurriculumF/eval_phase/{stream}_stream", f, x),
             ]
         return values or None
 
+    def _warn_missing_first(self, stream: str) -> None:
+        if stream in self._warned:
+            return
+        self._warned.add(stream)
+        warnings.warn(
+            f"CurriculumEffectiveness: stream {stream!r} was not evaluated on experience 0 "
+            "right after training experience 0, so beta and F are undefined and not reported "
+            "(only alpha is); evaluate after every training experience (strategy.eval after "
+            "train, or eval_every >= 0)",
+            UserWarning,
+            stacklevel=2,
+        )
+
     def accuracy_matrix(self, stream: str = "test") -> np.ndarray:
         """``[T, E]`` accuracies measured on ``stream`` (NaN where not evaluated)."""
+        if not isinstance(stream, str):
+            raise TypeError(f"stream must be a stream name (str), got {stream!r}")
         rows = self.rows.get(stream, {})
         if not rows:
             return np.zeros((0, 0))
@@ -158,10 +183,59 @@ class CurriculumEffectiveness(PluginMetric[dict]):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.trained_upto = int(state["trained_upto"])
-        self.first_after_learning = dict(state["first_after_learning"])
-        self.rows = {s: {i: dict(r) for i, r in rows.items()} for s, rows in state["rows"].items()}
+        """Restore :meth:`state_dict`'s output; checked whole before anything changes."""
+        if not isinstance(state, Mapping) or not {
+            "trained_upto",
+            "first_after_learning",
+            "rows",
+        } <= set(state):
+            raise ValueError(
+                "state must be a CurriculumEffectiveness.state_dict() mapping with "
+                "trained_upto, first_after_learning and rows"
+            )
+        trained_upto = _index(state["trained_upto"], "trained_upto", minimum=-1)
+        first = {
+            _name(s, "first_after_learning"): _fraction(a, "first_after_learning")
+            for s, a in _items(state["first_after_learning"], "first_after_learning")
+        }
+        rows = {
+            _name(s, "rows"): {
+                _index(i, "rows"): {
+                    _index(j, "rows"): _fraction(a, "rows") for j, a in _items(r, "rows")
+                }
+                for i, r in _items(srows, "rows")
+            }
+            for s, srows in _items(state["rows"], "rows")
+        }
+        self.trained_upto, self.first_after_learning, self.rows = trained_upto, first, rows
+        self._in_experience, self._pending = False, None
         self.reset()
 
     def __str__(self) -> str:
         return "CurriculumEffectiveness"
+
+
+def _items(mapping, name: str):
+    if not isinstance(mapping, Mapping):
+        raise ValueError(f"state's {name} must be a mapping, got {type(mapping).__name__}")
+    return mapping.items()
+
+
+def _name(value, name: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"state's {name} must be keyed by stream names, got {value!r}")
+    return value
+
+
+def _index(value, name: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"state's {name} must hold integers >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _fraction(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+        raise ValueError(f"state's {name} must hold accuracies in [0, 1], got {value!r}")
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"state's {name} must hold accuracies in [0, 1], got {value!r}")
+    return float(value)

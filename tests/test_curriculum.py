@@ -432,8 +432,8 @@ def test_bad_input_raises_clear_errors(digits_pair):
     # the benchmark
     with pytest.raises(ValueError, match=r"repeats classes \[3\]"):
         curriculum_benchmark(train, test, [3, 3, 1, 9, 0, 2, 4, 5, 6, 8])
-    with pytest.raises(ValueError, match=r"misses classes \[8\]"):
-        curriculum_benchmark(train, test, ORDER[:-1])
+    # an order over a subset of the classes is a benchmark over that subset (issue #11.11)
+    assert len(curriculum_benchmark(train, test, ORDER[:-1]).train_stream) == 9
     with pytest.raises(ValueError, match=r"classes \[42\] with no samples in train"):
         curriculum_benchmark(train, test, ORDER + [42])
     with pytest.raises(ValueError, match=r"at least 2 classes"):
