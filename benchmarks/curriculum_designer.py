@@ -18,12 +18,12 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure  # no pyplot: no GUI backend needed
 from torch.utils.data import Dataset
 
 from ..models.backbones import Backbone, pretrained_backbone
 from ..models.features import extract_features
 from .arguments import check_bool, check_int, check_labelled, check_seed
+from .curriculum_plot import save_distance_heatmap
 from .curriculum_score import (
     DISTANCES,
     as_class_list,
@@ -276,17 +276,14 @@ class CurriculumDesigner:
         d, _ = self.normalized_distances(sorted(order))
         pos = {c: i for i, c in enumerate(sorted(order))}
         idx = [pos[c] for c in order]
-        m = d[np.ix_(idx, idx)]
-        ticks = [class_names[c] if class_names is not None else str(c) for c in order]
-        fig = Figure(figsize=(1.0 + 0.5 * len(order), 0.8 + 0.5 * len(order)))
-        ax = fig.add_subplot()
-        im = ax.imshow(m, cmap="viridis")
-        ax.set_xticks(range(len(order)), ticks, rotation=90)
-        ax.set_yticks(range(len(order)), ticks)
-        ax.set_title(f"normalised {self.distance} distance, score {self.score(order):.3f}")
-        fig.colorbar(im, ax=ax)
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        try:
+            ticks = [str(class_names[c]) if class_names is not None else str(c) for c in order]
+        except (IndexError, KeyError, TypeError) as err:
+            raise ValueError(
+                f"class_names must be indexable by every class label of the order {order}"
+            ) from err
+        title = f"normalised {self.distance} distance, score {self.score(order):.3f}"
+        save_distance_heatmap(d[np.ix_(idx, idx)], ticks, title, path)
 
     # -- state
     def state_dict(self) -> dict:

@@ -235,7 +235,37 @@ def _designer_cases():
         ("best_order classes", lambda cd: cd.best_order(classes=[1]), "classes"),
         ("normalized classes", lambda cd: cd.normalized_distances([0, 9]), "classes"),
         ("plot order", lambda cd: cd.plot("x.png", order=[0, 9]), "order"),
+        ("plot names", lambda cd: cd.plot("x.png", class_names=["a", "b"]), "class_names"),
+        # loading a state: checked whole before anything changes
+        ("load list", lambda cd: cd.load_state_dict([1]), "state"),
+        ("load distance", lambda cd: cd.load_state_dict(_state(distance="l1")), "distance"),
+        ("load seed", lambda cd: cd.load_state_dict(_state(seed="x")), "seed"),
+        ("load max", lambda cd: cd.load_state_dict(_state(max_per_class=0)), "max_per_class"),
+        ("load shapes", lambda cd: cd.load_state_dict(_state(classes=torch.arange(3))),
+         "classes"),
+        ("load nan", lambda cd: cd.load_state_dict(
+            _state(distances=torch.full((4, 4), math.nan, dtype=torch.float64))), "distances"),
     ]
+
+
+def _state(**change):
+    """A designer state (of other classes and seed than :func:`_fitted`'s) with ``change``."""
+    feats = torch.randn(40, 3, generator=torch.Generator().manual_seed(2)) + 1
+    other = CurriculumDesigner(distance="euclidean", seed=5, max_per_class=None)
+    state = other.fit_features(feats, torch.arange(4).repeat(10) + 10).state_dict()
+    return {**state, **change}
+
+
+def test_designer_plot_writes_an_image(tmp_path):
+    cd = _fitted()
+    cd.plot(tmp_path / "d.png", order=[2, 0, 3, 1], class_names="abcd")
+    assert (tmp_path / "d.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_designer_loads_a_valid_state_of_other_classes():
+    cd = _fitted()
+    cd.load_state_dict(_state())
+    assert cd.classes_ == [10, 11, 12, 13] and cd.seed == 5 and cd.distance == "euclidean"
 
 
 @pytest.mark.parametrize(
