@@ -11,8 +11,9 @@ Avalanche strategy on feature vectors:
   ``replay_sets > 0`` it adds Avalanche's ``ReplayPlugin`` whose storage is
   :class:`RecentSetsBuffer` (the last ``L`` support sets, ``k`` samples per step,
   as in the paper's replay setting);
-* :class:`NearestPrototype` -- nearest class mean (Avalanche's ``NCMClassifier``)
-  on L2-normalised features, a ProtoNet-like learner with fixed embeddings.
+* :class:`~neve.strategies.nearest_prototype.NearestPrototype` -- nearest class
+  mean (Avalanche's ``NCMClassifier``) on L2-normalised features, a ProtoNet-like
+  learner with fixed embeddings (its own module).
 """
 
 from __future__ import annotations
@@ -24,11 +25,9 @@ from types import MappingProxyType
 import torch
 from avalanche.benchmarks.utils.utils import concat_datasets
 from avalanche.evaluation.metrics import accuracy_metrics
-from avalanche.models import NCMClassifier
 from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
 from avalanche.training.storage_policy import ExemplarsBuffer
 from avalanche.training.supervised import Naive
-from avalanche.training.templates import SupervisedTemplate
 
 # (support sets S) -> (last L sets kept, k samples per step), Kowadlo et al. (2022), replay
 PAPER_REPLAY_SETTINGS = MappingProxyType(
@@ -167,109 +166,3 @@ def pretrain_tune(
     )
 
 
-def add_class_sums(
-    sums: torch.Tensor, counts: torch.Tensor, x: torch.Tensor, y: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Add a batch to the per-class sums and counts, in place; returns them.
-
-    Args:
-        sums: ``[C, D]`` float64 per-class sums of features.
-        counts: ``[C]`` float64 per-class item counts.
-        x: ``[n, D]`` features (float64).
-        y: ``[n]`` integer labels in ``[0, C)``.
-    """
-    sums.index_add_(0, y, x)
-    counts.index_add_(0, y, torch.ones_like(y, dtype=counts.dtype))
-    return sums, counts
-
-
-def class_means(sums: torch.Tensor, counts: torch.Tensor) -> dict[int, torch.Tensor]:
-    """``{class: sums[class] / counts[class]}`` (float32) for every class with ``counts > 0``.
-
-    Args:
-        sums: ``[C, D]`` per-class sums of features.
-        counts: ``[C]`` per-class item counts.
-    """
-    seen = torch.nonzero(counts > 0).flatten().tolist()
-    return {c: (sums[c] / counts[c]).float() for c in seen}
-
-
-class NearestPrototype(SupervisedTemplate):
-    """Nearest class mean on (L2-normalised) features: a ProtoNet-like learner.
-
-    Training adds each item's normalised feature to its class's running sum (no
-    gradients, order-free, so it cannot forget); after each experience the means
-    go into Avalanche's ``NCMClassifier``, which predicts the class whose mean is
-    closest (Euclidean) to the normalised query. State: ``class_sums`` ``[C, D]``
-    and ``class_counts`` ``[C]`` (float64 tensors).
-
-    Args:
-        num_classes: largest label + 1.
-        feature_dim: size of the input features.
-        normalize: L2-normalise features (and queries) first.
-        train_mb_size, eval_mb_size, device, plugins, evaluator, eval_every: as for
-            Avalanche strategies (``evaluator`` default: :func:`episode_evaluator`).
-        train_epochs: fixed to 1 (a ValueError otherwise): a second pass would
-            count every item twice in the class means.
-    """
-
-    def __init__(
-        self,
-        *,
-        num_classes: int,
-        feature_dim: int = 1280,
-        normalize: bool = True,
-        train_mb_size: int = 256,
-        train_epochs: int = 1,
-        eval_mb_size: int = 1024,
-        device: str | torch.device = "cpu",
-        plugins: Sequence | None = None,
-        evaluator: EvaluationPlugin | None = None,
-        eval_every: int = -1,
-    ) -> None:
-        if num_classes < 1 or feature_dim < 1:
-            raise ValueError(
-                f"num_classes and feature_dim must be >= 1, got {num_classes}, {feature_dim}"
-            )
-        if train_epochs != 1:
-            raise ValueError(
-                f"train_epochs is fixed to 1 in NearestPrototype, got {train_epochs!r}: a "
-                "second pass would count every item twice in the class means"
-            )
-        super().__init__(
-            model=NCMClassifier(normalize=normalize),
-            optimizer=None,  # type: ignore[arg-type]
-            criterion=torch.nn.CrossEntropyLoss(),
-            train_mb_size=train_mb_size,
-            train_epochs=1,
-            eval_mb_size=eval_mb_size,
-            device=device,
-            plugins=list(plugins or []),
-            evaluator=evaluator if evaluator is not None else episode_evaluator(),
-            eval_every=eval_every,
-        )
-        self.normalize = normalize
-        self.class_sums = torch.zeros(num_classes, feature_dim, dtype=torch.float64)
-        self.class_counts = torch.zeros(num_classes, dtype=torch.float64)
-
-    def make_optimizer(self, **kwargs) -> None:
-        """No optimiser: the class means are accumulated."""
-
-    def training_epoch(self, **kwargs) -> None:
-        for mbatch in self.dataloader:
-            self.mbatch = mbatch
-            self._unpack_minibatch()
-            self._before_training_iteration(**kwargs)
-            self.loss = self._make_empty_loss()
-            x = self.mb_x.detach().double().flatten(1)
-            if self.normalize:
-                x = torch.nn.functional.normalize(x, dim=1)
-            self.class_sums, self.class_counts = add_class_sums(
-                self.class_sums.to(x.device), self.class_counts.to(x.device), x,
-                self.mb_y.detach().long(),
-            )
-            self._after_training_iteration(**kwargs)
-
-    def _after_training_exp(self, **kwargs) -> None:
-        self.model.replace_class_means_dict(class_means(self.class_sums, self.class_counts))
-        super()._after_training_exp(**kwargs)

@@ -1,0 +1,66 @@
+"""The rule for strategies without gradients: refuse plugins that need them (issue #11.7).
+
+A gradient-free strategy (no loss to backpropagate, no optimizer) runs
+Avalanche's gradient-time callbacks never, so a plugin that works there is a
+silent no-op (LwF, SI) or crashes on the missing optimizer (EWC:
+``'NoneType' object has no attribute 'zero_grad'``). :func:`check_gradient_free`
+refuses such plugins up front with a ValueError naming them.
+
+A plugin needs gradients when its class overrides one of
+:data:`GRADIENT_CALLBACKS` (Avalanche 0.6: EWC, LwF, SI, MAS, RWalk, GEM, A-GEM,
+LFL, MIR, BiC, RAR, feature distillation, generative replay...), or is one of
+:data:`OPTIMIZER_PLUGINS`, which drive the optimizer from other callbacks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from avalanche.core import BaseSGDPlugin
+from avalanche.training.plugins import (
+    EWCPlugin,
+    FromScratchTrainingPlugin,
+    LRSchedulerPlugin,
+    LwFPlugin,
+    MASPlugin,
+    RWalkPlugin,
+    SynapticIntelligencePlugin,
+)
+from avalanche.training.plugins.evaluation import EvaluationPlugin
+
+GRADIENT_CALLBACKS = ("before_backward", "after_backward", "before_update", "after_update")
+# plugins that use the optimizer or the gradients from other callbacks too
+OPTIMIZER_PLUGINS = (
+    EWCPlugin, LwFPlugin, SynapticIntelligencePlugin, MASPlugin, RWalkPlugin,
+    LRSchedulerPlugin, FromScratchTrainingPlugin,
+)
+
+
+def needs_gradients(plugin: object) -> str | None:
+    """The reason ``plugin`` needs gradients or an optimizer, or None when it does not."""
+    if isinstance(plugin, EvaluationPlugin):
+        return None  # forwards every callback to its metrics; none needs gradients
+    if isinstance(plugin, OPTIMIZER_PLUGINS):
+        return "it regularises or steps the gradients/optimizer"
+    for name in GRADIENT_CALLBACKS:
+        method = getattr(type(plugin), name, None)
+        if method is not None and method is not getattr(BaseSGDPlugin, name):
+            return f"it acts in {name}"
+    return None
+
+
+def check_gradient_free(plugins: Iterable[object], strategy: str) -> None:
+    """Raise a ValueError naming the first plugin that needs gradients.
+
+    Args:
+        plugins: the strategy's plugins.
+        strategy: the strategy's name, for the message.
+    """
+    for plugin in plugins:
+        reason = needs_gradients(plugin)
+        if reason is not None:
+            raise ValueError(
+                f"plugins: {type(plugin).__name__} needs gradients ({reason}), but "
+                f"{strategy} is gradient-free (no loss, no optimizer); it would crash or "
+                "do nothing. Remove it, or use a gradient strategy (e.g. Naive)"
+            )

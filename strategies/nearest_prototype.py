@@ -1,0 +1,207 @@
+"""NearestPrototype: nearest class mean on frozen features, a ProtoNet-like few-shot learner.
+
+The prototype classifier of Kowadlo et al. (2022)'s instance test, on a frozen
+backbone's features (episodes encoded by :func:`neve.benchmarks.encode_episodes`):
+class sums and counts are accumulated without gradients, and Avalanche's
+``NCMClassifier`` predicts the class whose mean is closest to the query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from avalanche.models import NCMClassifier
+from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training.templates import SupervisedTemplate
+from avalanche.training.templates.base import _experiences_parameter_as_iterable
+
+from .arguments import check_bool, check_device, check_int
+from .episodic import episode_evaluator
+from .gradient_free import check_gradient_free
+
+
+def add_class_sums(
+    sums: torch.Tensor, counts: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add a batch to the per-class sums and counts, in place; returns them.
+
+    Args:
+        sums: ``[C, D]`` float64 per-class sums of features.
+        counts: ``[C]`` float64 per-class item counts.
+        x: ``[n, D]`` features (float64).
+        y: ``[n]`` integer labels in ``[0, C)``.
+    """
+    sums.index_add_(0, y, x)
+    counts.index_add_(0, y, torch.ones_like(y, dtype=counts.dtype))
+    return sums, counts
+
+
+def class_means(sums: torch.Tensor, counts: torch.Tensor) -> dict[int, torch.Tensor]:
+    """``{class: sums[class] / counts[class]}`` (float32) for every class with ``counts > 0``.
+
+    Args:
+        sums: ``[C, D]`` per-class sums of features.
+        counts: ``[C]`` per-class item counts.
+    """
+    seen = torch.nonzero(counts > 0).flatten().tolist()
+    return {c: (sums[c] / counts[c]).float() for c in seen}
+
+
+def prototype_scores(x: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``[n, C]`` float32 scores: minus the Euclidean distance of each row of ``x`` to each
+    class mean ``sums[c] / counts[c]``; ``-inf`` for a class with no items yet.
+
+    The argmax is the nearest class mean, as ``NCMClassifier`` predicts.
+
+    Args:
+        x: ``[n, D]`` features (already normalised when the means are of normalised ones).
+        sums: ``[C, D]`` per-class sums; counts: ``[C]`` per-class item counts.
+    """
+    seen = counts > 0
+    scores = torch.full((x.shape[0], sums.shape[0]), float("-inf"), dtype=torch.float64,
+                        device=x.device)
+    means = sums[seen] / counts[seen].unsqueeze(1)
+    scores[:, seen] = -torch.cdist(x.double(), means.double())
+    return scores.float()
+
+
+class NearestPrototype(SupervisedTemplate):
+    """Nearest class mean on (L2-normalised) features: a ProtoNet-like learner.
+
+    Training adds each item's normalised feature to its class's running sum (no
+    gradients, order-free, so it cannot forget); after each experience the means
+    go into Avalanche's ``NCMClassifier``, which predicts the class whose mean is
+    closest (Euclidean) to the normalised query. State: ``class_sums`` ``[C, D]``
+    and ``class_counts`` ``[C]`` (float64 tensors). An experience is learned whole
+    or not at all: the sums grow on a copy, kept when the experience ends.
+
+    During training, ``mb_output`` holds :func:`prototype_scores` of the
+    mini-batch against the means after adding it (``-inf`` for classes not seen
+    yet), so Avalanche's training metrics (``accuracy_metrics(epoch=True)``,
+    ``default_evaluator()``) report the nearest-mean accuracy on the data seen;
+    ``loss`` stays 0 (there is no loss).
+
+    Gradient plugins (EWC, LwF, SI, MAS, GEM...) are refused with a ValueError
+    naming the plugin: there are no gradients or optimizer here.
+
+    Args:
+        num_classes: largest label + 1.
+        feature_dim: size of the input features.
+        normalize: L2-normalise features (and queries) first.
+        train_mb_size, eval_mb_size, device, plugins, evaluator, eval_every: as for
+            Avalanche strategies (``evaluator`` default: :func:`episode_evaluator`).
+        train_epochs: fixed to 1 (a ValueError otherwise): a second pass would
+            count every item twice in the class means.
+
+    Raises:
+        ValueError: at :meth:`train`, for an experience with no items, labels
+            outside ``[0, num_classes)``, features of another size than
+            ``feature_dim`` or with NaN/inf (state unchanged).
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        feature_dim: int = 1280,
+        normalize: bool = True,
+        train_mb_size: int = 256,
+        train_epochs: int = 1,
+        eval_mb_size: int = 1024,
+        device: str | torch.device = "cpu",
+        plugins: Sequence | None = None,
+        evaluator: EvaluationPlugin | None = None,
+        eval_every: int = -1,
+    ) -> None:
+        num_classes = check_int(num_classes, "num_classes", minimum=1)
+        feature_dim = check_int(feature_dim, "feature_dim", minimum=1)
+        check_bool(normalize, "normalize")
+        train_mb_size = check_int(train_mb_size, "train_mb_size", minimum=1)
+        eval_mb_size = check_int(eval_mb_size, "eval_mb_size", minimum=1)
+        eval_every = check_int(eval_every, "eval_every", minimum=-1)
+        device = check_device(device)
+        if train_epochs != 1:
+            raise ValueError(
+                f"train_epochs is fixed to 1 in NearestPrototype, got {train_epochs!r}: a "
+                "second pass would count every item twice in the class means"
+            )
+        plugins = list(plugins or [])
+        check_gradient_free(plugins, "NearestPrototype")
+        super().__init__(
+            model=NCMClassifier(normalize=normalize),
+            optimizer=None,  # type: ignore[arg-type]
+            criterion=torch.nn.CrossEntropyLoss(),
+            train_mb_size=train_mb_size,
+            train_epochs=1,
+            eval_mb_size=eval_mb_size,
+            device=device,
+            plugins=plugins,
+            evaluator=evaluator if evaluator is not None else episode_evaluator(),
+            eval_every=eval_every,
+        )
+        self.normalize = normalize
+        self.class_sums = torch.zeros(num_classes, feature_dim, dtype=torch.float64)
+        self.class_counts = torch.zeros(num_classes, dtype=torch.float64)
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def train(self, experiences, eval_streams=None, **kwargs):
+        """Avalanche's ``train``, after checking every experience's items and labels first."""
+        experiences = list(_experiences_parameter_as_iterable(experiences))
+        check_gradient_free(self.plugins, "NearestPrototype")
+        for exp in experiences:
+            self._check_experience(exp)
+        return super().train(experiences, eval_streams, **kwargs)
+
+    def _check_experience(self, experience) -> None:
+        dataset = experience.dataset
+        where = f"experiences: experience {getattr(experience, 'current_experience', '?')}"
+        if len(dataset) == 0:
+            raise ValueError(f"{where} has no items; NearestPrototype needs at least one")
+        targets = torch.as_tensor(list(dataset.targets))
+        if targets.is_floating_point() and not bool((targets == targets.round()).all()):
+            raise ValueError(f"{where} has non-integer labels")
+        low, high = int(targets.min()), int(targets.max())
+        if low < 0 or high >= len(self.class_counts):
+            raise ValueError(f"{where} has labels in [{low}, {high}], outside "
+                             f"[0, num_classes={len(self.class_counts)})")
+
+    def make_optimizer(self, **kwargs) -> None:
+        """No optimiser: the class means are accumulated."""
+
+    def _before_training_exp(self, **kwargs) -> None:
+        self._pending = (self.class_sums.clone(), self.class_counts.clone())
+        super()._before_training_exp(**kwargs)
+
+    def training_epoch(self, **kwargs) -> None:
+        dim = self.class_sums.shape[1]
+        for mbatch in self.dataloader:
+            self.mbatch = mbatch
+            self._unpack_minibatch()
+            self._before_training_iteration(**kwargs)
+            self.loss = self._make_empty_loss()
+            x = self.mb_x.detach().double().flatten(1)
+            if x.shape[1] != dim or not bool(torch.isfinite(x).all()):
+                self._pending = None
+                raise ValueError(
+                    f"experiences: features must be finite vectors of feature_dim={dim} "
+                    f"values, got shape {tuple(x.shape)}"
+                    + ("" if x.shape[1] != dim else " with NaN or inf")
+                    + "; nothing of this experience was learned"
+                )
+            if self.normalize:
+                x = torch.nn.functional.normalize(x, dim=1)
+            sums, counts = self._pending
+            self._pending = add_class_sums(
+                sums.to(x.device), counts.to(x.device), x, self.mb_y.detach().long()
+            )
+            self._before_forward(**kwargs)
+            self.mb_output = prototype_scores(x, *self._pending)
+            self._after_forward(**kwargs)
+            self._after_training_iteration(**kwargs)
+
+    def _after_training_exp(self, **kwargs) -> None:
+        self.class_sums, self.class_counts = self._pending
+        self._pending = None
+        self.model.replace_class_means_dict(class_means(self.class_sums, self.class_counts))
+        super()._after_training_exp(**kwargs)
