@@ -62,7 +62,7 @@ def plain_data(obj: object, where: str) -> object:
         if hasattr(obj, "_metadata"):
             out._metadata = obj._metadata  # module versions of a state_dict
         return out
-    raise ValueError(f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}")
+    raise ValueError(f"{where} (a {type(obj).__module__}.{type(obj).__qualname__})")
 
 
 def write_state_file(path: str | os.PathLike, payload: dict) -> None:

@@ -95,7 +95,10 @@ def strategy_state(strategy) -> dict:
         "rng": _rng_state(),
     }
     state.update(_attribute_state(strategy))
-    return plain_data(state, "checkpoint")
+    try:
+        return plain_data(state, "checkpoint")
+    except ValueError as error:  # e.g. a custom RNG's state, an optimizer's state
+        raise refused("the strategy", strategy, f"it holds {error}") from None
 
 
 def _model_state(model: nn.Module) -> dict:
@@ -137,9 +140,10 @@ def _object_state(obj: object, what: str) -> dict:
     elif type(obj) not in STATELESS_METRICS:
         entry["kind"], entry["state"] = "attributes", dict(vars(obj))
     try:
-        return plain_data(entry, what)
+        entry["state"] = plain_data(entry["state"], type(obj).__name__)
     except ValueError as error:
         raise refused(f"{what} {type(obj).__name__}", obj, f"it holds {error}") from None
+    return entry
 
 
 def _attribute_state(strategy) -> dict:
