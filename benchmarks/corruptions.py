@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from .arguments import check_fraction, check_seed
+
 CORRUPTIONS = ("occlusion", "noise")
 
 
@@ -31,13 +33,6 @@ def disc_mask(height: int, width: int, radius: int, row: int, col: int) -> torch
     return (i - row) ** 2 + (j - col) ** 2 <= radius**2
 
 
-def _check_fraction(name: str, value: float) -> float:
-    value = float(value)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-    return value
-
-
 def _check_images(x: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4):
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -54,7 +49,11 @@ class _ImageCorruption:
     def __init__(self, seed: int | None, generator: torch.Generator | None) -> None:
         if seed is not None and generator is not None:
             raise ValueError("give seed or generator, not both")
-        self.generator = generator if seed is None else torch.Generator().manual_seed(int(seed))
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
+        if seed is not None:
+            generator = torch.Generator().manual_seed(check_seed(seed))
+        self.generator = generator
 
     def _corrupt(self, image: torch.Tensor) -> None:
         raise NotImplementedError
@@ -92,7 +91,7 @@ class Occlusion(_ImageCorruption):
         seed: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        self.radius_fraction = _check_fraction("radius_fraction", radius_fraction)
+        self.radius_fraction = check_fraction(radius_fraction, "radius_fraction")
         super().__init__(seed, generator)
 
     def _corrupt(self, image: torch.Tensor) -> None:
@@ -139,7 +138,7 @@ class PixelNoise(_ImageCorruption):
         seed: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        self.fraction = _check_fraction("fraction", fraction)
+        self.fraction = check_fraction(fraction, "fraction")
         super().__init__(seed, generator)
 
     def _corrupt(self, image: torch.Tensor) -> None:
@@ -160,10 +159,16 @@ def make_corruption(
     """The transform named ``corruption`` ("occlusion", "noise" or None) at ``severity``.
 
     ``severity`` is the radius fraction ``r`` for occlusion and the pixel fraction
-    ``p`` for noise. Returns None for ``corruption=None``.
+    ``p`` for noise. Returns None for ``corruption=None``, whose severity must be 0
+    (a severity without a corruption is a mistake, not a no-op).
     """
-    severity = _check_fraction("severity", severity)
+    severity = check_fraction(severity, "severity")
     if corruption is None:
+        if severity != 0.0:
+            raise ValueError(
+                f"severity={severity!r} was given without a corruption: pass "
+                f"corruption={CORRUPTIONS[0]!r} or {CORRUPTIONS[1]!r}, or severity=0"
+            )
         return None
     if corruption == "occlusion":
         return Occlusion(severity, seed=seed)

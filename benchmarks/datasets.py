@@ -26,6 +26,7 @@ from torchvision import transforms
 from torchvision.datasets import FashionMNIST
 
 from ..models.features import default_cache_dir
+from .arguments import check_bool, check_int, check_labelled, check_labels, check_seed
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 _FMNIST_FILES = (
@@ -41,10 +42,14 @@ class LabelledTensorDataset(Dataset):
 
     Args:
         data: float tensor ``[N, ...]`` (images ``[N, C, H, W]`` or features ``[N, D]``).
-        targets: integer tensor ``[N]``.
+        targets: ``[N]`` integer labels >= 0 (stored as int64; float values that are
+            not whole numbers are refused, not truncated).
     """
 
     def __init__(self, data: torch.Tensor, targets: torch.Tensor) -> None:
+        if not isinstance(data, torch.Tensor) or data.dim() < 1:
+            raise TypeError(f"data must be a tensor [N, ...], got {type(data).__name__}")
+        targets = check_labels(targets, "targets")
         if data.shape[0] != targets.shape[0]:
             raise ValueError(
                 f"data and targets must have the same length, got {data.shape[0]} "
@@ -105,6 +110,11 @@ def fashion_mnist(
     Raises:
         FileNotFoundError: naming the three ways to get the data.
     """
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be a folder path or None, got {root!r}")
+    check_bool(download, "download")
+    if transform is not None and not callable(transform):
+        raise TypeError(f"transform must be callable or None, got {transform!r}")
     transform = transforms.ToTensor() if transform is None else transform
     if root is not None and _has_raw_fashion_mnist(Path(root)):
         found = Path(root)
@@ -137,8 +147,11 @@ def digits(
 
     Args:
         test_fraction: share of each class put in the test set, in (0, 1).
-        seed: seed of the split.
+        seed: seed of the split, an integer >= 0.
     """
+    seed = check_seed(seed)
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)):
+        raise TypeError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
     from sklearn.datasets import load_digits
@@ -172,13 +185,22 @@ def balanced_indices(
         targets: ``[N]`` integer labels.
         per_class: items kept per class (all of a smaller class); None keeps all.
         classes: the classes to keep (default: every class in ``targets``).
-        seed: seed of the shuffle.
+        seed: seed of the shuffle, an integer >= 0.
+
+    Raises:
+        TypeError, ValueError: naming the argument; ``classes`` must all occur in ``targets``.
     """
-    if per_class is not None and int(per_class) < 1:
-        raise ValueError(f"per_class must be >= 1 or None, got {per_class}")
-    targets = torch.as_tensor(targets).long()
+    per_class = check_int(per_class, "per_class", minimum=1, optional=True)
+    seed = check_seed(seed)
+    targets = check_labels(targets, "targets")
+    present = torch.unique(targets).tolist()
     if classes is None:
-        classes = torch.unique(targets).tolist()
+        classes = present
+    else:
+        classes = [check_int(c, "classes", minimum=0) for c in classes]
+        missing = sorted(set(classes) - set(present))
+        if missing:
+            raise ValueError(f"classes {missing} do not occur in targets")
     gen = torch.Generator().manual_seed(int(seed))
     order = torch.randperm(len(targets), generator=gen)
     keep = [order[targets[order] == c] for c in classes]
@@ -195,11 +217,11 @@ def class_balanced_subset(dataset: Dataset, per_class: int, seed: int = 0) -> Da
     Args:
         dataset: a dataset with ``.targets``.
         per_class: items kept per class (all of a smaller class).
-        seed: seed of the shuffle.
+        seed: seed of the shuffle, an integer >= 0.
     """
-    if per_class is None or int(per_class) < 1:
-        raise ValueError(f"per_class must be >= 1, got {per_class}")
-    return IndexedSubset(dataset, balanced_indices(dataset.targets, per_class, seed=seed))
+    per_class = check_int(per_class, "per_class", minimum=1)
+    targets = check_labelled(dataset, "dataset")
+    return IndexedSubset(dataset, balanced_indices(targets, per_class, seed=seed))
 
 
 class IndexedSubset(Dataset):

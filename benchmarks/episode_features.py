@@ -17,6 +17,7 @@ from avalanche.benchmarks.scenarios.generic_scenario import CLScenario
 from torch import nn
 
 from ..models.features import encode
+from .arguments import check_int
 from .instance import episode_benchmark
 
 EXTRA_ATTRIBUTES = (
@@ -27,6 +28,27 @@ EXTRA_ATTRIBUTES = (
     "support_indices",
     "query_indices",
 )
+
+
+def check_device(value: object, name: str = "device") -> torch.device:
+    """``value`` as a ``torch.device`` that exists here (a GPU asked for must be present)."""
+    if not isinstance(value, (str, torch.device)):
+        raise TypeError(f"{name} must be a str or torch.device, got {value!r}")
+    try:
+        device = torch.device(value)
+    except RuntimeError as err:
+        raise ValueError(f"{name} must name a torch device ('cpu', 'cuda', 'cuda:0'...), "
+                         f"got {value!r}") from err
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"{name}={value!r} asks for a GPU, but torch finds no CUDA GPU "
+                             "here; use device='cpu'")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"{name}={value!r}: there are only {count} CUDA GPU(s) here")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{name}={value!r} asks for MPS, which is not available here")
+    return device
 
 
 def _experience_tensors(experience) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,9 +77,9 @@ class BackboneFeatures:
         backbone: an ``nn.Module`` with a ``.transform`` (e.g. a
             :class:`neve.models.Backbone`); moved to ``device``, in eval mode, its
             weights in ``channels_last`` memory format.
-        device: where the backbone runs.
-        batch_size: images per forward pass.
-        max_items: features kept in the memo.
+        device: where the backbone runs (a GPU asked for must be present).
+        batch_size: images per forward pass, >= 1.
+        max_items: features kept in the memo, >= 0.
     """
 
     def __init__(
@@ -67,6 +89,15 @@ class BackboneFeatures:
         batch_size: int = 256,
         max_items: int = 50_000,
     ) -> None:
+        transform = getattr(backbone, "transform", None)
+        if not isinstance(backbone, nn.Module) or not callable(transform):
+            raise TypeError(
+                "backbone must be an nn.Module with a callable .transform (e.g. "
+                f"neve.models.Backbone), got {type(backbone).__name__}"
+            )
+        device = check_device(device)
+        batch_size = check_int(batch_size, "batch_size", minimum=1)
+        max_items = check_int(max_items, "max_items", minimum=0)
         backbone.eval().to(device).to(memory_format=torch.channels_last)
         self.backbone = backbone
         self.device = torch.device(device)
@@ -137,12 +168,21 @@ def encode_episodes(
 
     Yields:
         the episodes, with feature tensors ``[D]`` as inputs.
+
+    Raises:
+        TypeError, ValueError: naming ``backbone``, ``device``, ``batch_size`` or
+            ``memo_items``, when called (not at the first episode).
     """
+    memo_items = check_int(memo_items, "memo_items", minimum=0)
     memo = (
         backbone
         if isinstance(backbone, BackboneFeatures)
         else BackboneFeatures(backbone, device, batch_size, memo_items)
     )
+    return _encoded(episodes, memo)
+
+
+def _encoded(episodes, memo: BackboneFeatures) -> Iterator[CLScenario | dict[str, CLScenario]]:
     for episode in episodes:
         if isinstance(episode, Mapping):
             yield {k: encode_episode(bm, memo) for k, bm in episode.items()}

@@ -24,6 +24,8 @@ from avalanche.benchmarks.scenarios.generic_scenario import CLScenario
 from scipy import stats
 from tqdm.auto import tqdm
 
+from .arguments import check_bool, check_int
+
 STREAM_ACCURACY_KEY = "Top1_Acc_Stream/eval_phase/test_stream"
 
 
@@ -32,10 +34,26 @@ def mean_confidence_interval(values: Iterable[float], level: float = 0.95) -> tu
 
     Half-width ``t_{(1+level)/2, n-1} * s / sqrt(n)`` with ``s`` the sample standard
     deviation (ddof=1); 0 for a single value.
+
+    Raises:
+        TypeError: ``values`` holds something other than real numbers.
+        ValueError: ``values`` is empty or holds NaN/inf; ``level`` not in (0, 1).
     """
-    x = np.asarray(list(values), dtype=np.float64)
+    if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)):
+        raise TypeError(f"level must be a number in (0, 1), got {level!r}")
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    try:
+        x = np.asarray(list(values), dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"values must be real numbers (accuracies), got {values!r}") from err
+    if x.ndim != 1:
+        raise ValueError(f"values must be a flat sequence of numbers, got shape {x.shape}")
     if x.size == 0:
         raise ValueError("values must not be empty")
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).sum())
+        raise ValueError(f"values must be finite, got {bad} NaN or inf of {x.size}")
     if x.size == 1:
         return float(x[0]), 0.0
     half = stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
@@ -113,7 +131,13 @@ def paired_conditions(**episodes: Iterable[CLScenario]) -> Iterator[dict[str, CL
     """
     if not episodes:
         raise ValueError("give at least one condition=episodes")
-    iterators = {name: iter(it) for name, it in episodes.items()}
+    iterators = {}
+    for name, it in episodes.items():
+        try:
+            iterators[name] = iter(it)
+        except TypeError as err:
+            raise TypeError(f"{name} must be an iterable of episodes, got "
+                            f"{type(it).__name__}") from err
     while True:
         item = {}
         for name, it in iterators.items():
@@ -181,6 +205,12 @@ def run_episodes(
         ValueError: if the factory returns the same strategy object twice in a
             row, or the strategy reports no stream accuracy.
     """
+    if not callable(make_strategy):
+        raise TypeError(f"make_strategy must be a callable returning a new strategy, got "
+                        f"{make_strategy!r}")
+    if progress is not None:
+        check_bool(progress, "progress")
+    total = check_int(total, "total", minimum=0, optional=True)
     accuracies: dict[str, list[float]] = {}
     previous = None
     start = time.perf_counter()

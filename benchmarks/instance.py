@@ -36,6 +36,7 @@ from avalanche.benchmarks.utils.classification_dataset import (
 )
 from torch.utils.data import Dataset
 
+from .arguments import check_int, check_labelled, check_labels, check_seed
 from .corruptions import corrupt_images, make_corruption
 from .datasets import LabelledTensorDataset
 
@@ -50,21 +51,17 @@ def _torch_seed(rng: np.random.Generator) -> int:
 
 
 def _indices_by_class(dataset: Dataset) -> dict[int, np.ndarray]:
-    if not hasattr(dataset, "targets"):
-        raise ValueError("dataset must have .targets (the label of every item)")
-    targets = np.asarray(torch.as_tensor(dataset.targets))
-    if targets.ndim != 1 or len(targets) != len(dataset):
+    targets = check_labelled(dataset, "dataset").numpy()
+    if len(targets) != len(dataset):
         raise ValueError(
-            f"dataset.targets must hold one label per item, got shape {targets.shape} "
+            f"dataset.targets must hold one label per item, got {len(targets)} labels "
             f"for {len(dataset)} items"
         )
     return {int(c): np.flatnonzero(targets == c) for c in np.unique(targets)}
 
 
 def _positive_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    return check_int(value, name, minimum=1)
 
 
 def _stack_images(dataset: Dataset, indices: Sequence[int]) -> torch.Tensor:
@@ -90,7 +87,21 @@ def episode_benchmark(
         query_x: ``[Q, ...]`` query inputs.
         query_y: ``[Q]`` labels.
         support_sets: number of training experiences; must divide ``M``.
+
+    Raises:
+        TypeError, ValueError: naming the argument, for non-tensor inputs, labels
+            that are not integers >= 0, or lengths that do not match.
     """
+    for name, x in (("support_x", support_x), ("query_x", query_x)):
+        if not isinstance(x, torch.Tensor) or x.dim() < 1:
+            raise TypeError(f"{name} must be a tensor [N, ...], got {type(x).__name__}")
+    support_y = check_labels(support_y, "support_y")
+    query_y = check_labels(query_y, "query_y")
+    for name, x, y in (("support", support_x, support_y), ("query", query_x, query_y)):
+        if len(x) != len(y):
+            raise ValueError(f"{name}_x and {name}_y must have the same length, got "
+                             f"{len(x)} and {len(y)}")
+    support_sets = check_int(support_sets, "support_sets", minimum=1)
     if len(support_x) % support_sets:
         raise ValueError(
             f"support_sets={support_sets} must divide the {len(support_x)} support items"
@@ -148,8 +159,8 @@ def instance_test_episodes(
         support_sets: ``S``; must divide ``N``.
         corruption: None, "occlusion" (``severity`` = radius fraction ``r``) or
             "noise" (``severity`` = pixel fraction ``p``).
-        severity: in [0, 1].
-        seed: episodes depend only on ``(seed, episode index)``.
+        severity: in [0, 1]; 0 when ``corruption`` is None.
+        seed: an integer >= 0; episodes depend only on ``(seed, episode index)``.
 
     Raises:
         ValueError: on bad arguments, checked when called (not at the first episode).
@@ -162,6 +173,7 @@ def instance_test_episodes(
             f"support_sets={s} must divide images_per_episode={n} "
             f"(each support set holds images_per_episode / support_sets images)"
         )
+    seed = check_seed(seed)
     make_corruption(corruption, severity)  # validates both
     by_class = _indices_by_class(dataset)
     eligible = sorted(c for c, idx in by_class.items() if len(idx) >= n)
@@ -233,6 +245,7 @@ def cfsl_episodes(
     query_shots = shots if query_shots is None else _positive_int("query_shots", query_shots)
     if n_classes % s:
         raise ValueError(f"support_sets={s} must divide n_classes={n_classes}")
+    seed = check_seed(seed)
     make_corruption(corruption, severity)
     by_class = _indices_by_class(dataset)
     need = shots + query_shots

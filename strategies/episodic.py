@@ -29,6 +29,8 @@ from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
 from avalanche.training.storage_policy import ExemplarsBuffer
 from avalanche.training.supervised import Naive
 
+from .arguments import check_device, check_int, check_number
+
 # (support sets S) -> (last L sets kept, k samples per step), Kowadlo et al. (2022), replay
 PAPER_REPLAY_SETTINGS = MappingProxyType(
     {20: (10, 5), 10: (5, 8), 4: (2, 8), 2: (1, 5), 1: (0, 0)}
@@ -44,8 +46,7 @@ def paper_replay_settings(support_sets: int) -> tuple[int, int]:
     Other values of ``S`` get ``L = S // 2`` (the buffer holds about half the
     episode, as in all the paper's settings) and ``k = 8``.
     """
-    if support_sets < 1:
-        raise ValueError(f"support_sets must be >= 1, got {support_sets}")
+    support_sets = check_int(support_sets, "support_sets", minimum=1)
     return PAPER_REPLAY_SETTINGS.get(support_sets, (support_sets // 2, 8))
 
 
@@ -69,10 +70,10 @@ class RecentSetsBuffer(ExemplarsBuffer):
     """
 
     def __init__(self, max_sets: int, max_size: int = 10_000) -> None:
-        if max_sets < 1:
-            raise ValueError(f"max_sets must be >= 1, got {max_sets}")
+        max_sets = check_int(max_sets, "max_sets", minimum=1)
+        max_size = check_int(max_size, "max_size", minimum=1)
         super().__init__(max_size)
-        self.max_sets = int(max_sets)
+        self.max_sets = max_sets
         self.sets: list = []
 
     def post_adapt(self, agent_state, exp) -> None:
@@ -115,7 +116,7 @@ def pretrain_tune(
     Args:
         num_classes: outputs of the head (N of the N-way episode).
         feature_dim: size of the input features.
-        lr: SGD learning rate.
+        lr: SGD learning rate, finite and > 0.
         steps_per_set: gradient steps per support set (the strategy's ``train_epochs``).
         replay_sets: ``L``; 0 disables replay.
         replay_samples: ``k``, replayed items per step.
@@ -126,16 +127,17 @@ def pretrain_tune(
             (``plugins`` are extra plugins).
         evaluator: default :func:`episode_evaluator`.
     """
-    if num_classes < 1 or feature_dim < 1 or steps_per_set < 1:
-        raise ValueError(
-            "num_classes, feature_dim and steps_per_set must be >= 1, got "
-            f"{num_classes}, {feature_dim}, {steps_per_set}"
-        )
-    if replay_sets < 0 or replay_samples < 1:
-        raise ValueError(
-            f"replay_sets must be >= 0 and replay_samples >= 1, got {replay_sets}, "
-            f"{replay_samples}"
-        )
+    num_classes = check_int(num_classes, "num_classes", minimum=1)
+    feature_dim = check_int(feature_dim, "feature_dim", minimum=1)
+    lr = check_number(lr, "lr", positive=True)
+    steps_per_set = check_int(steps_per_set, "steps_per_set", minimum=1)
+    replay_sets = check_int(replay_sets, "replay_sets", minimum=0)
+    replay_samples = check_int(replay_samples, "replay_samples", minimum=1)
+    if train_mb_size is not None:
+        train_mb_size = check_int(train_mb_size, "train_mb_size", minimum=1)
+    eval_mb_size = check_int(eval_mb_size, "eval_mb_size", minimum=1)
+    eval_every = check_int(eval_every, "eval_every", minimum=-1)
+    device = check_device(device)
     if train_epochs is not None and train_epochs != steps_per_set:
         raise ValueError(
             f"train_epochs is fixed to steps_per_set={steps_per_set} in pretrain_tune, got "

@@ -177,7 +177,7 @@ def test_bad_inputs_raise_clear_errors(digits_data):
         instance_test_episodes(train, 1, corruption="blur", severity=0.1)
     with pytest.raises(ValueError, match="n_episodes"):
         instance_test_episodes(train, 0)
-    with pytest.raises(ValueError, match="targets"):
+    with pytest.raises(TypeError, match="targets"):  # a dataset without labels: wrong kind
         instance_test_episodes([(torch.zeros(1, 2, 2), 0)] * 30, 1)
     with pytest.raises(ValueError, match="n_classes"):
         cfsl_episodes(train, 1, n_classes=11, shots=1, support_sets=1)
