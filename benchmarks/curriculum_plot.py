@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -17,7 +18,7 @@ def save_distance_heatmap(
 ) -> None:
     """Save ``matrix`` (``[n, n]``, rows and columns labelled ``ticks``) as an image at ``path``.
 
-    The format follows the suffix of ``path`` (e.g. ``.png``).
+    The format follows the suffix of ``path`` (e.g. ``.png``); missing folders are made.
     """
     n = len(ticks)
     fig = Figure(figsize=(1.0 + 0.5 * n, 0.8 + 0.5 * n))
@@ -28,4 +29,5 @@ def save_distance_heatmap(
     ax.set_title(title)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
