@@ -1,10 +1,6 @@
 """nn.Modules of neve: pretrained backbones and heads."""
 
-from neve.models.analytic import (
-    AnalyticClassifier,
-    BufferLayer,
-    RecursiveLeastSquares,
-)
+from neve.models.analytic import AnalyticClassifier, BufferLayer
 from neve.models.backbones import Backbone, ImagePreprocess, pretrained_backbone
 from neve.models.classifier import PretrainedClassifier, model_part
 from neve.models.features import (
@@ -14,6 +10,7 @@ from neve.models.features import (
     extract_features,
     iter_features,
 )
+from neve.models.recursive_least_squares import RecursiveLeastSquares
 
 __all__ = [
     "AnalyticClassifier",

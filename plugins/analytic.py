@@ -14,15 +14,53 @@ model has a sub-module ``features`` (or another attribute name passed as
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
 from avalanche.core import SupervisedPlugin
+from avalanche.training import JointTraining
 from torch import nn
 
 from ..models.analytic import BufferLayer, RecursiveLeastSquares
+from ..models.arguments import positive_int, seed_int
 from ..models.classifier import model_part
 from ..models.features import iter_features
+from ..models.recursive_least_squares import DEFAULT_MAX_CLASSES
+
+
+def trained_parameters(extractor: object, optimizer: object) -> list[nn.Parameter]:
+    """The parameters of ``extractor`` (an ``nn.Module``) that ``optimizer`` updates."""
+    if not isinstance(extractor, nn.Module) or optimizer is None:
+        return []
+    stepped = {id(p) for group in getattr(optimizer, "param_groups", ()) for p in group["params"]}
+    return [p for p in extractor.parameters() if p.requires_grad and id(p) in stepped]
+
+
+def training_data(strategy):
+    """The data of the experience just trained, eval-mode transforms.
+
+    ``strategy.experience.dataset``; for Avalanche's ``JointTraining``, which
+    trains once on all experiences and leaves ``strategy.experience`` at the
+    first, the joint training set ``strategy.adapted_dataset``.
+    """
+    if isinstance(strategy, JointTraining):
+        return strategy.adapted_dataset.eval()
+    return strategy.experience.dataset.eval()
+
+
+def check_integer_targets(data) -> None:
+    """Refuse a data set whose ``targets`` are not integers (they would be truncated)."""
+    targets = getattr(data, "targets", None)
+    if targets is None:
+        return
+    if not isinstance(targets, torch.Tensor):
+        targets = torch.as_tensor(list(targets))
+    if targets.dtype.is_floating_point or targets.dtype.is_complex:
+        raise ValueError(
+            f"the experience's targets (labels) must be integers, got {targets.dtype}: "
+            "float labels would be truncated"
+        )
 
 
 class AnalyticHeadPlugin(SupervisedPlugin):
@@ -38,6 +76,16 @@ class AnalyticHeadPlugin(SupervisedPlugin):
     over features as they were seen, exemplar-free. Evaluation computes the
     features once more per mini-batch (a second backbone pass).
 
+    With trainable features the statistics of earlier experiences go stale: the
+    head then mixes features of different backbones, and every strategy ends
+    near Naive (issue #11); the plugin warns once (``UserWarning``) when the
+    optimizer updates parameters of the feature extractor. Freeze the features
+    (``requires_grad_(False)``) to keep the joint solution.
+
+    With Avalanche's ``JointTraining`` the head is fitted once on the joint
+    training set (``strategy.adapted_dataset``). An experience is added whole or
+    not at all: when a batch is refused, the head is left as it was.
+
     Args:
         buffer_size: size of the random ReLU buffer layer.
         gamma: ridge strength (> 0).
@@ -48,10 +96,13 @@ class AnalyticHeadPlugin(SupervisedPlugin):
             ``eval_mb_size``).
         projection_dtype: precision of the buffer layer's product, ``torch.float64``
             (default) or ``torch.float32`` (faster), see :class:`neve.models.BufferLayer`.
+        max_classes: largest class count of the head, see
+            :class:`neve.models.RecursiveLeastSquares`.
 
     Raises:
         ValueError: when the model has no such sub-module, or its output is not
-            ``[n, d]`` features (at the first use).
+            ``[n, d]`` features (at the first use); when the targets are not
+            integers, or a batch is refused by the head.
     """
 
     def __init__(
@@ -63,24 +114,25 @@ class AnalyticHeadPlugin(SupervisedPlugin):
         seed: int = 0,
         batch_size: int | None = None,
         projection_dtype: torch.dtype = torch.float64,
+        max_classes: int = DEFAULT_MAX_CLASSES,
     ) -> None:
         super().__init__()
-        if int(buffer_size) < 1:
-            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
-        RecursiveLeastSquares(1, gamma)  # validates gamma
+        self.buffer_size = positive_int(buffer_size, "buffer_size")
+        RecursiveLeastSquares(1, gamma, max_classes=max_classes)  # validates both
         BufferLayer(1, 1, projection_dtype=projection_dtype)  # validates projection_dtype
         if features is not None and not (isinstance(features, str) or callable(features)):
-            raise ValueError(
+            raise TypeError(
                 f"features must be None, an attribute name or a callable, got {type(features)}"
             )
-        if batch_size is not None and int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.buffer_size = int(buffer_size)
+        if batch_size is not None:
+            batch_size = positive_int(batch_size, "batch_size")
         self.gamma = float(gamma)
         self.features = features
-        self.seed = int(seed)
+        self.seed = seed_int(seed)
         self.batch_size = batch_size
         self.projection_dtype = projection_dtype
+        self.max_classes = int(max_classes)
+        self._warned_trainable = False  # a warning shown once, not state
         self.buffer: BufferLayer | None = None
         self.head: RecursiveLeastSquares | None = None
 
@@ -129,29 +181,66 @@ class AnalyticHeadPlugin(SupervisedPlugin):
         self.buffer = BufferLayer(
             in_features, self.buffer_size, seed=self.seed, projection_dtype=self.projection_dtype
         ).to(device)
-        self.head = RecursiveLeastSquares(self.buffer_size, self.gamma).to(device)
+        self.head = RecursiveLeastSquares(
+            self.buffer_size, self.gamma, max_classes=self.max_classes
+        ).to(device)
+
+    def _warn_if_trainable(self, strategy) -> None:
+        if self._warned_trainable:
+            return
+        extractor = self.feature_extractor(strategy.model)
+        trained = trained_parameters(extractor, getattr(strategy, "optimizer", None))
+        if trained:
+            self._warned_trainable = True
+            warnings.warn(
+                f"AnalyticHeadPlugin: the optimizer updates {len(trained)} trainable "
+                "parameter(s) of the feature extractor it reads, so the statistics of earlier "
+                "experiences go stale and the head ends near Naive; freeze the features "
+                "(requires_grad_(False)) to keep the joint ridge solution",
+                UserWarning,
+                stacklevel=2,
+            )
 
     # -- hooks -------------------------------------------------------------------------
     @torch.no_grad()
     def after_training_exp(self, strategy, **kwargs) -> None:
+        """Add the experience's (or, for JointTraining, the joint) training data, whole."""
         model = strategy.model
         self.feature_extractor(model)  # contract check before any work
+        self._warn_if_trainable(strategy)
+        data = training_data(strategy)
+        check_integer_targets(data)
         was_training = model.training
         model.eval()
         batch = self.batch_size or strategy.eval_mb_size or 256
-        data = strategy.experience.dataset.eval()
+        built = self.head is None
         try:
-            for feats, y in iter_features(
-                lambda x: self._features(strategy, x), data, int(batch), strategy.device,
-                progress=False,
-            ):
-                if self.head is None:
-                    self._build(feats.shape[1], torch.device(strategy.device))
-                self.buffer.to(strategy.device)
-                self.head.to(strategy.device)
-                self.head.partial_fit(self.buffer(feats), y)
+            if not built:
+                self._fit(strategy, data, int(batch))
+            else:
+                try:
+                    self._fit(strategy, data, int(batch))
+                except BaseException:
+                    self.buffer = self.head = None
+                    raise
         finally:
             model.train(was_training)
+
+    def _fit(self, strategy, data, batch: int) -> None:
+        batches = iter_features(
+            lambda x: self._features(strategy, x), data, batch, strategy.device, progress=False
+        )
+        feats, y = next(batches, (None, None))
+        if feats is None:
+            return
+        if self.head is None:
+            self._build(feats.shape[1], torch.device(strategy.device))
+        self.buffer.to(strategy.device)
+        self.head.to(strategy.device)
+        with self.head.atomic():
+            self.head.partial_fit(self.buffer(feats), y)
+            for feats, y in batches:
+                self.head.partial_fit(self.buffer(feats), y)
 
     @torch.no_grad()
     def after_eval_forward(self, strategy, **kwargs) -> None:

@@ -7,16 +7,39 @@ Learning for Exemplar-Free Generalized Class Incremental Learning" (2024).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
-from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training.plugins import EvaluationPlugin, GDumbPlugin, GSS_greedyPlugin
 from avalanche.training.plugins.evaluation import default_evaluator
 from avalanche.training.templates import SupervisedTemplate
 from avalanche.training.templates.base import BasePlugin
 from torch import nn
 
-from ..models.analytic import AnalyticClassifier
+from ..models.analytic import AnalyticClassifier, distributed_active
+from ..models.recursive_least_squares import DEFAULT_MAX_CLASSES
+from .arguments import check_device, check_int, check_number
+from .gradient_free import check_gradient_free
+
+
+def check_exemplar_free(plugins, strategy: str = "AnalyticCIL") -> None:
+    """Refuse plugins that feed stored exemplars (ReplayPlugin and the like) by name.
+
+    The closed-form head counts every sample it is given: a replayed sample would
+    be counted once more per replay, and the head would no longer be the joint
+    ridge solution (ACIL eq. 6). ACIL is exemplar-free.
+    """
+    for plugin in plugins or ():
+        if isinstance(plugin, (GDumbPlugin, GSS_greedyPlugin)) or hasattr(
+            plugin, "storage_policy"
+        ):
+            raise ValueError(
+                f"plugins: {type(plugin).__name__} replays stored samples, but {strategy} "
+                "counts every sample it is given, so replayed samples would be learned twice "
+                "and the head would no longer be the joint ridge solution; it is "
+                "exemplar-free: remove the plugin"
+            )
 
 
 class AnalyticCIL(SupervisedTemplate):
@@ -60,6 +83,21 @@ class AnalyticCIL(SupervisedTemplate):
             as ``SupervisedTemplate``.
         train_epochs: fixed to 1 (a ValueError otherwise): one closed-form pass;
             a second would count the data twice.
+        max_classes: largest class count of the head (labels ``>= max_classes``
+            are refused), see :class:`neve.models.RecursiveLeastSquares`.
+
+    An experience is learned whole or not at all: when any batch is refused (NaN,
+    bad labels, overflow), when ``A + gamma I`` cannot be factorised at its end
+    (too small a ``gamma``), or when the strategy was fed another number of
+    samples than the experience holds (a plugin replacing the data loader), the
+    head, the backbone and ``base_trained`` are put back as they were and the
+    error goes on. An experience without training samples is a ValueError.
+
+    Refused plugins, at construction: those that need gradients
+    (:mod:`neve.strategies.gradient_free`: EWC, LwF, SI, MAS, ...) and those that
+    replay stored samples (``ReplayPlugin``, ``GDumbPlugin``, anything with a
+    ``storage_policy``): the method is exemplar-free, and a replayed sample would
+    be counted twice.
 
     Every argument is keyword-only, as in Avalanche's strategies:
     ``AnalyticCIL(backbone=nn.Identity(), feature_dim=1280, buffer_size=4096)``.
@@ -86,18 +124,22 @@ class AnalyticCIL(SupervisedTemplate):
         plugins: list[BasePlugin] | None = None,
         evaluator: EvaluationPlugin | Callable[[], EvaluationPlugin] = default_evaluator,
         eval_every: int = -1,
+        max_classes: int = DEFAULT_MAX_CLASSES,
         **base_kwargs,
     ) -> None:
+        check_int(train_mb_size, "train_mb_size", minimum=1)
+        check_int(eval_mb_size, "eval_mb_size", minimum=1)
+        device = check_device(device)
+        check_gradient_free(plugins or [], "AnalyticCIL")
+        check_exemplar_free(plugins)
         if train_epochs != 1:
             raise ValueError(
                 f"train_epochs is fixed to 1 in AnalyticCIL, got {train_epochs!r}: the "
                 "closed-form fit makes one pass, and a second would count the data twice "
                 "(use base_epochs for the gradient-trained base phase)"
             )
-        if int(base_epochs) < 0:
-            raise ValueError(f"base_epochs must be >= 0, got {base_epochs}")
-        if not base_lr > 0:
-            raise ValueError(f"base_lr must be > 0, got {base_lr}")
+        check_int(base_epochs, "base_epochs", minimum=0)
+        check_number(base_lr, "base_lr", positive=True)
         model = AnalyticClassifier(
             backbone,
             feature_dim,
@@ -106,6 +148,7 @@ class AnalyticCIL(SupervisedTemplate):
             seed=buffer_seed,
             method=method,
             projection_dtype=projection_dtype,
+            max_classes=max_classes,
         )
         super().__init__(
             model=model,
@@ -147,6 +190,29 @@ class AnalyticCIL(SupervisedTemplate):
     def make_optimizer(self, **kwargs) -> None:
         """No optimizer: the head is solved in closed form."""
 
+    def train_dataset_adaptation(self, **kwargs) -> None:
+        """Avalanche's adaptation; an experience without training samples is refused."""
+        super().train_dataset_adaptation(**kwargs)
+        if len(self.adapted_dataset) == 0:
+            raise ValueError(
+                f"experience {self.experience.current_experience} has no training samples: "
+                "AnalyticCIL learns nothing from it; leave it out of the stream"
+            )
+
+    def _train_exp(self, experience, eval_streams=None, **kwargs) -> None:
+        """One experience, learned whole or not at all (see the class docstring)."""
+        backbone = None if self.base_trained else copy.deepcopy(self.model.backbone.state_dict())
+        base_trained = self.base_trained
+        try:
+            with self.model.head.atomic():
+                super()._train_exp(experience, eval_streams, **kwargs)
+        except BaseException:
+            if backbone is not None:
+                self.model.backbone.load_state_dict(backbone)
+                self._freeze_backbone()
+            self.base_trained = base_trained
+            raise
+
     def _base_training(self) -> None:
         """ACIL's base phase: SGD + cross-entropy on backbone + temporary linear head."""
         backbone = self.model.backbone
@@ -173,6 +239,7 @@ class AnalyticCIL(SupervisedTemplate):
         if not self.base_trained:
             self._base_training()
         self.model.eval()
+        fitted = 0
         for batch in self.dataloader:
             self.mbatch = batch
             if self._stop_training:
@@ -191,5 +258,14 @@ class AnalyticCIL(SupervisedTemplate):
             self.loss = self._make_empty_loss()
             self._before_update(**kwargs)
             self.model.head.partial_fit(buffered, self.mb_y)
+            fitted += len(self.mb_y)
             self._after_update(**kwargs)
             self._after_training_iteration(**kwargs)
+        expected = len(self.experience.dataset)
+        if fitted != expected and not distributed_active():
+            raise ValueError(
+                f"experience {self.experience.current_experience} holds {expected} training "
+                f"samples, but {fitted} were fed to the head (a plugin replaced or stopped "
+                "the data loader?): the head must see each sample once, so the experience "
+                "is not learned"
+            )
