@@ -164,7 +164,8 @@ def _check_fit(strategy, state: dict, path: str | os.PathLike, *, override: bool
     problems = class_problems(strategy, state)
     if problems:
         raise CheckpointError(where + "; ".join(problems))
-    problems = shape_problems(strategy.model, state["model"]["state"])
+    saved = state["model"]
+    problems = shape_problems(strategy.model, saved["state"], saved.get("unset", ()))
     settings = [] if override else setting_problems(strategy, state)
     if problems or settings:
         advice = (". Build the strategy with the file's settings, or pass override=True to "

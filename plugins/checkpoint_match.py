@@ -2,7 +2,8 @@
 
 Three checks, each listing every difference it finds:
 
-* classes: the strategy's, each plugin's, each evaluator metric's and the optimizer's
+* classes: the strategy's, each plugin's (and its storage policy's, e.g.
+  ``ReplayPlugin.storage_policy``), each evaluator metric's and the optimizer's
   (module and qualified name) must be the file's;
 * settings: a *setting* is an attribute of an object that has the name of one of
   its class's constructor arguments and a plain value (number, string, bool,
@@ -120,6 +121,13 @@ def class_problems(strategy, payload: dict) -> list[str]:
     ):
         if here != there:
             problems.append(f"{what}: this strategy has {here}, the file {there}")
+    if not problems:  # the parts of plugins stored by their own state_dict
+        for plugin, entry in zip(strategy.plugins, payload["plugins"], strict=True):
+            for name, part in (entry.get("parts") or {}).items():
+                mine = class_name(getattr(plugin, name, None))
+                if mine != part["class"]:
+                    problems.append(f"{type(plugin).__name__}.{name}: this strategy has "
+                                    f"{mine}, the file {part['class']}")
     return problems
 
 
@@ -141,10 +149,34 @@ def setting_problems(strategy, payload: dict) -> list[str]:
     return problems
 
 
-def shape_problems(model: nn.Module, saved: dict) -> list[str]:
-    """Tensors of the model missing, extra or of another shape than in the file."""
+def is_lazy(model: nn.Module, key: str) -> bool:
+    """Whether ``model``'s tensor ``key`` is declared but not yet set, so the file may set it.
+
+    True for a parameter or buffer registered as ``None`` (e.g. Avalanche
+    ``NCMClassifier.class_means`` before the first class mean) and, for a
+    ``DynamicModule``, for an attribute of its own that it has not created yet.
+    """
+    owner_name, _, attr = key.rpartition(".")
+    try:
+        owner = model.get_submodule(owner_name)
+    except AttributeError:
+        return False
+    for slots in (owner._parameters, owner._buffers):
+        if attr in slots and slots[attr] is None:
+            return True
+    return isinstance(owner, DynamicModule) and not hasattr(owner, attr)
+
+
+def shape_problems(model: nn.Module, saved: dict, unset: tuple | list = ()) -> list[str]:
+    """Tensors of the model missing, extra or of another shape than in the file.
+
+    ``saved``: the file's model ``state_dict``; ``unset``: names of the tensors the
+    file's model declared but had not set (they may be set here). A tensor in the
+    file that this model declares but has not set (:func:`is_lazy`) is no problem.
+    """
     own = model.state_dict()
-    missing, extra = sorted(own.keys() - saved.keys()), sorted(saved.keys() - own.keys())
+    missing = sorted(own.keys() - saved.keys() - set(unset))
+    extra = sorted(k for k in saved.keys() - own.keys() if not is_lazy(model, k))
     problems = []
     if missing:
         problems.append(f"model tensors missing from the file: {missing[:5]}")

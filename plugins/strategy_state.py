@@ -5,23 +5,27 @@ strategy built the same way (see :mod:`neve.plugins.checkpoint_match` for the
 checks that come first):
 
 * the model's ``state_dict``, each module's ``training`` flag and each
-  parameter's ``requires_grad``; tensors of Avalanche ``DynamicModule`` s (e.g.
-  ``IncrementalClassifier``) are resized to the file's shapes before the strict
-  load;
+  parameter's ``requires_grad``, its tensors not yet set (registered as ``None``)
+  and the plain attributes of its Avalanche ``DynamicModule`` s
+  (:mod:`neve.plugins.model_state`: tensors of ``DynamicModule`` s, e.g.
+  ``IncrementalClassifier``, are resized and lazily created tensors, e.g.
+  ``NCMClassifier.class_means``, created to the file's shapes before the strict load);
 * the optimizer's ``state_dict`` and the parameter names of each group, so that
   groups added or split since construction (neve's ``SlowLearnerPlugin``) are
   rebuilt on the model's parameters; Avalanche's ``optimized_param_id`` by names;
 * the strategy's own attributes that are plain data (e.g. ``AnalyticCIL.base_trained``)
   and the ``state_dict`` of its other ``nn.Module`` attributes (the criterion);
 * each plugin's ``state_dict`` (all neve plugins), or its attributes when they
-  are all plain data (Avalanche's ``Clock``, ``PeriodicEval``); the evaluator's
+  are all plain data (Avalanche's ``Clock``, ``PeriodicEval``) or a storage
+  policy (``ExemplarsBuffer``) with a ``state_dict`` (Avalanche's ``ReplayPlugin``
+  with neve's ``RecentSetsBuffer``; Avalanche's own buffers have none); the evaluator's
   ``all_metric_results``/``last_metric_results`` and each metric's ``state_dict``
   (``CurriculumEffectiveness``) or plain attributes; metrics in
   :data:`STATELESS_METRICS` are reset at the start of each phase and hold nothing;
 * the states of the generators of Avalanche's ``RNGManager`` (python
   ``random``, numpy, torch CPU and CUDA; numpy's MT19937 keys as a tensor).
 
-Anything else (a replay buffer, EWC's importances, a metric with internal state
+Anything else (Avalanche's replay buffers, EWC's importances, a metric with internal state
 and no ``state_dict``) cannot be stored: :func:`strategy_state` refuses it with a
 ValueError naming it. Loggers are outputs, not state: the strategy's own stay.
 """
@@ -46,9 +50,11 @@ from avalanche.evaluation.metrics import (
 )
 from avalanche.training.determinism.rng_manager import RNGManager
 from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training.storage_policy import ExemplarsBuffer
 from torch import nn
 
-from .checkpoint_match import class_name, in_dynamic_module, settings_owners, strategy_settings
+from .checkpoint_match import class_name, settings_owners, strategy_settings
+from .model_state import load_model, model_state
 from .state_file import PICKLE_RISK, plain_data
 
 # Avalanche metrics whose GenericPluginMetric resets at the start of each
@@ -86,7 +92,7 @@ def strategy_state(strategy) -> dict:
         "strategy_class": class_name(strategy),
         "next_experience": int(strategy.clock.train_exp_counter),
         "settings": strategy_settings(strategy),
-        "model": _model_state(strategy.model),
+        "model": model_state(strategy.model),
         "optimizer": _optimizer_state(strategy),
         "optimized_param_names": None if getattr(strategy, "optimized_param_id", None) is None
         else list(strategy.optimized_param_id),
@@ -99,14 +105,6 @@ def strategy_state(strategy) -> dict:
         return plain_data(state, "checkpoint")
     except ValueError as error:  # e.g. a custom RNG's state, an optimizer's state
         raise refused("the strategy", strategy, f"it holds {error}") from None
-
-
-def _model_state(model: nn.Module) -> dict:
-    return {
-        "state": model.state_dict(),
-        "training": {name: m.training for name, m in model.named_modules()},
-        "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
-    }
 
 
 def _optimizer_state(strategy) -> dict | None:
@@ -133,17 +131,26 @@ def _object_state(obj: object, what: str) -> dict:
             "last": dict(obj.last_metric_results),
             "metrics": [_object_state(m, f"metric {i}") for i, m in enumerate(obj.metrics)],
         }
-    elif callable(getattr(obj, "state_dict", None)) and callable(
-        getattr(obj, "load_state_dict", None)
-    ):
+    elif _has_state_dict(obj):
         entry["kind"], entry["state"] = "state_dict", obj.state_dict()
     elif type(obj) not in STATELESS_METRICS:
         entry["kind"], entry["state"] = "attributes", dict(vars(obj))
+        entry["parts"] = {}
+        for name, value in list(entry["state"].items()):
+            if isinstance(value, ExemplarsBuffer) and _has_state_dict(value):
+                del entry["state"][name]  # e.g. ReplayPlugin.storage_policy
+                entry["parts"][name] = {"class": class_name(value), "state": value.state_dict()}
     try:
         entry["state"] = plain_data(entry["state"], type(obj).__name__)
+        entry["parts"] = plain_data(entry.get("parts", {}), type(obj).__name__)
     except ValueError as error:
         raise refused(f"{what} {type(obj).__name__}", obj, f"it holds {error}") from None
     return entry
+
+
+def _has_state_dict(obj: object) -> bool:
+    return callable(getattr(obj, "state_dict", None)) and callable(
+        getattr(obj, "load_state_dict", None))
 
 
 def _attribute_state(strategy) -> dict:
@@ -189,7 +196,7 @@ def load_strategy_state(strategy, state: dict, *, override: bool) -> None:
         for owner, obj in settings_owners(strategy):
             for name, value in state["settings"].get(owner, {}).items():
                 setattr(obj, name, value)
-    _load_model(strategy.model, state["model"], state["settings"])
+    load_model(strategy.model, state["model"], state["settings"])
     named = dict(strategy.model.named_parameters())
     if state["optimizer"] is not None:
         optimizer, saved = strategy.optimizer, state["optimizer"]
@@ -212,30 +219,6 @@ def load_strategy_state(strategy, state: dict, *, override: bool) -> None:
     _load_rng(state["rng"])
 
 
-def _load_model(model: nn.Module, saved: dict, settings: dict) -> None:
-    own = model.state_dict(keep_vars=True)
-    for key, value in saved["state"].items():
-        owner_name, _, attr = key.rpartition(".")
-        if (isinstance(value, torch.Tensor) and own[key].shape != value.shape
-                and in_dynamic_module(model, owner_name)):
-            owner, old = model.get_submodule(owner_name), own[key]
-            new = torch.empty(value.shape, dtype=old.dtype, device=old.device)
-            if attr in owner._parameters:
-                owner._parameters[attr] = nn.Parameter(new, requires_grad=old.requires_grad)
-            else:
-                owner._buffers[attr] = new
-    for owner, values in settings.items():
-        name = owner[len("model."):]
-        if owner.startswith("model.") and in_dynamic_module(model, name, include_self=False):
-            for attr, value in values.items():  # e.g. a grown Linear's out_features
-                setattr(model.get_submodule(name), attr, value)
-    model.load_state_dict(saved["state"], strict=True)
-    for name, module in model.named_modules():
-        module.training = saved["training"].get(name, module.training)
-    for name, param in model.named_parameters():
-        param.requires_grad_(saved["requires_grad"].get(name, param.requires_grad))
-
-
 def _load_object(obj: object, entry: dict) -> None:
     if entry["kind"] == "evaluator":
         state = entry["state"]
@@ -247,6 +230,8 @@ def _load_object(obj: object, entry: dict) -> None:
     elif entry["kind"] == "state_dict":
         obj.load_state_dict(entry["state"])
     elif entry["kind"] == "attributes":
+        for name, part in entry.get("parts", {}).items():
+            getattr(obj, name).load_state_dict(part["state"])
         for name, value in entry["state"].items():
             setattr(obj, name, value)
 

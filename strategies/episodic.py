@@ -23,6 +23,9 @@ from collections.abc import Sequence
 from types import MappingProxyType
 
 import torch
+from avalanche.benchmarks.utils.classification_dataset import (
+    _make_taskaware_tensor_classification_dataset,
+)
 from avalanche.benchmarks.utils.utils import concat_datasets
 from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
@@ -88,6 +91,48 @@ class RecentSetsBuffer(ExemplarsBuffer):
 
     def resize(self, strategy, new_size: int) -> None:
         self.max_size = int(new_size)
+
+    def state_dict(self) -> dict:
+        """The stored sets as tensors, oldest first, for neve's checkpoint.
+
+        Each set is ``{"inputs": (n, ...), "targets": (n,), "task_labels": (n,)}``:
+        its items as the set returns them (after its transforms: a random
+        transform's draw is stored, not the transform).
+        """
+        sets = []
+        for dataset in self.sets:
+            items = [dataset[i] for i in range(len(dataset))]
+            sets.append({
+                "inputs": torch.stack([torch.as_tensor(item[0]) for item in items]),
+                "targets": torch.as_tensor([int(item[1]) for item in items]),
+                "task_labels": torch.as_tensor([int(item[2]) for item in items]),
+            })
+        return {"max_sets": self.max_sets, "max_size": self.max_size, "sets": sets}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Rebuild the sets of :meth:`state_dict` as tensor datasets, same items in the same order.
+
+        Raises:
+            ValueError: ``state`` holds other ``max_sets``/``max_size`` than this
+                buffer, or malformed sets; the buffer is then unchanged.
+        """
+        for name in ("max_sets", "max_size"):
+            if state.get(name) != getattr(self, name):
+                raise ValueError(f"state {name} is {state.get(name)!r}, this buffer's "
+                                 f"{getattr(self, name)!r}: build it with the file's {name}")
+        sets = []
+        for i, entry in enumerate(state["sets"]):
+            inputs, targets, tasks = entry["inputs"], entry["targets"], entry["task_labels"]
+            sizes = (len(inputs), len(targets), len(tasks))
+            if not (targets.dim() == tasks.dim() == 1 and len(set(sizes)) == 1):
+                raise ValueError(f"state sets[{i}]: inputs, targets and task_labels of "
+                                 f"{sizes} items")
+            labels = tasks.tolist()  # one label as one int: Avalanche's constant sequence
+            labels = labels[0] if labels and labels.count(labels[0]) == len(labels) else labels
+            sets.append(_make_taskaware_tensor_classification_dataset(
+                inputs, targets, targets=targets.tolist(), task_labels=labels))
+        self.sets = sets
+        self.buffer = concat_datasets(sets)
 
 
 def pretrain_tune(
