@@ -17,21 +17,9 @@ from ..models.classifier import model_part
 from ..models.head_alignment import check_int
 from ..plugins.alignment import ClassifierAlignmentPlugin, check_single_head
 from ..plugins.slow_learner import SlowLearnerPlugin
+from ..plugins.training_modes import experience_classes
 
-
-def experience_classes(experience) -> list[int]:
-    """The classes of an experience, ascending.
-
-    ``experience.classes_in_this_experience`` where the benchmark has a class
-    timeline; otherwise (Avalanche's ``benchmark_from_datasets``,
-    ``split_online_stream``) the distinct targets of ``experience.dataset``.
-    """
-    classes = getattr(experience, "classes_in_this_experience", None)
-    if classes is None:
-        targets = experience.dataset.targets
-        uniques = getattr(targets, "uniques", None)
-        classes = uniques if uniques is not None else set(torch.as_tensor(targets).tolist())
-    return sorted(int(c) for c in classes)
+__all__ = ["SLCA", "experience_classes"]
 
 
 def _check_arguments(model, optimizer, train_mb_size, train_epochs, eval_mb_size,
