@@ -15,7 +15,7 @@ $(PY):
 $(STAMP): $(PY) setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e .[test]
+	$(PY) -m pip install -q -e .[test,timm]
 	touch $(STAMP)
 
 install: $(STAMP)

