@@ -16,6 +16,7 @@ import torch
 from avalanche.benchmarks.scenarios.generic_scenario import CLScenario
 from torch import nn
 
+from ..models.arguments import check_device
 from ..models.features import encode
 from .arguments import check_int
 from .instance import episode_benchmark
@@ -28,27 +29,6 @@ EXTRA_ATTRIBUTES = (
     "support_indices",
     "query_indices",
 )
-
-
-def check_device(value: object, name: str = "device") -> torch.device:
-    """``value`` as a ``torch.device`` that exists here (a GPU asked for must be present)."""
-    if not isinstance(value, (str, torch.device)):
-        raise TypeError(f"{name} must be a str or torch.device, got {value!r}")
-    try:
-        device = torch.device(value)
-    except RuntimeError as err:
-        raise ValueError(f"{name} must name a torch device ('cpu', 'cuda', 'cuda:0'...), "
-                         f"got {value!r}") from err
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ValueError(f"{name}={value!r} asks for a GPU, but torch finds no CUDA GPU "
-                             "here; use device='cpu'")
-        if device.index is not None and device.index >= count:
-            raise ValueError(f"{name}={value!r}: there are only {count} CUDA GPU(s) here")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"{name}={value!r} asks for MPS, which is not available here")
-    return device
 
 
 def _experience_tensors(experience) -> tuple[torch.Tensor, torch.Tensor]:

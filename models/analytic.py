@@ -41,7 +41,7 @@ import math
 import torch
 from torch import nn
 
-from .arguments import positive_int, seed_int
+from .arguments import check_int
 from .recursive_least_squares import (
     DEFAULT_MAX_CLASSES,
     RecursiveLeastSquares,
@@ -85,9 +85,9 @@ class BufferLayer(nn.Module):
         projection_dtype: torch.dtype = torch.float64,
     ) -> None:
         super().__init__()
-        in_features = positive_int(in_features, "in_features")
-        buffer_size = positive_int(buffer_size, "buffer_size")
-        seed = None if seed is None else seed_int(seed)
+        in_features = check_int(in_features, "in_features", minimum=1)
+        buffer_size = check_int(buffer_size, "buffer_size", minimum=1)
+        seed = None if seed is None else check_int(seed, "seed")
         if projection_dtype not in (torch.float32, torch.float64):
             raise ValueError(
                 f"projection_dtype must be torch.float32 or torch.float64, got {projection_dtype!r}"
@@ -160,7 +160,7 @@ class AnalyticClassifier(nn.Module):
         if not isinstance(backbone, nn.Module):
             raise TypeError(f"backbone must be an nn.Module, got {type(backbone).__name__}")
         self.backbone = backbone
-        self.feature_dim = positive_int(feature_dim, "feature_dim")
+        self.feature_dim = check_int(feature_dim, "feature_dim", minimum=1)
         self.buffer = BufferLayer(
             feature_dim, buffer_size, seed=seed, projection_dtype=projection_dtype
         )

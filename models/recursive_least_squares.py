@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .arguments import positive_float, positive_int
+from .arguments import check_int, check_number
 from .ridge import (
     accumulate_statistics,
     check_features,
@@ -104,12 +104,12 @@ class RecursiveLeastSquares(nn.Module):
         max_classes: int = DEFAULT_MAX_CLASSES,
     ) -> None:
         super().__init__()
-        self.in_features = positive_int(in_features, "in_features")
-        self.gamma = positive_float(gamma, "gamma")
+        self.in_features = check_int(in_features, "in_features", minimum=1)
+        self.gamma = check_number(gamma, "gamma", positive=True)
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.method = method
-        self.max_classes = positive_int(max_classes, "max_classes")
+        self.max_classes = check_int(max_classes, "max_classes", minimum=1)
         b = self.in_features
         self.register_buffer("num_seen", torch.zeros((), dtype=torch.long))
         if method == "accumulate":
@@ -151,7 +151,7 @@ class RecursiveLeastSquares(nn.Module):
                         f"{extra.get('in_features')}; this module has method={self.method!r}, "
                         f"in_features={self.in_features}"
                     )
-            positive_float(extra.get("gamma"), "gamma (in the state_dict)")
+            check_number(extra.get("gamma"), "gamma (in the state_dict)", positive=True)
         b = self.in_features
         shapes = {"num_seen": (), "gram": (b, b), "inverse": (b, b), "gram_trace": ()}
         for name in self._buffers:

@@ -23,7 +23,7 @@ from avalanche.training import JointTraining
 from torch import nn
 
 from ..models.analytic import BufferLayer, RecursiveLeastSquares
-from ..models.arguments import positive_int, seed_int
+from ..models.arguments import check_int
 from ..models.classifier import model_part
 from ..models.features import iter_features
 from ..models.recursive_least_squares import DEFAULT_MAX_CLASSES
@@ -117,7 +117,7 @@ class AnalyticHeadPlugin(SupervisedPlugin):
         max_classes: int = DEFAULT_MAX_CLASSES,
     ) -> None:
         super().__init__()
-        self.buffer_size = positive_int(buffer_size, "buffer_size")
+        self.buffer_size = check_int(buffer_size, "buffer_size", minimum=1)
         RecursiveLeastSquares(1, gamma, max_classes=max_classes)  # validates both
         BufferLayer(1, 1, projection_dtype=projection_dtype)  # validates projection_dtype
         if features is not None and not (isinstance(features, str) or callable(features)):
@@ -125,10 +125,10 @@ class AnalyticHeadPlugin(SupervisedPlugin):
                 f"features must be None, an attribute name or a callable, got {type(features)}"
             )
         if batch_size is not None:
-            batch_size = positive_int(batch_size, "batch_size")
+            batch_size = check_int(batch_size, "batch_size", minimum=1)
         self.gamma = float(gamma)
         self.features = features
-        self.seed = seed_int(seed)
+        self.seed = check_int(seed, "seed")
         self.batch_size = batch_size
         self.projection_dtype = projection_dtype
         self.max_classes = int(max_classes)
