@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from avalanche.core import BaseSGDPlugin
+from avalanche.evaluation.metric_definitions import PluginMetric
+from avalanche.logging import BaseLogger
 from avalanche.training.plugins import (
     EWCPlugin,
     FromScratchTrainingPlugin,
@@ -36,6 +38,18 @@ OPTIMIZER_PLUGINS = (
 )
 
 
+# classes whose gradient-time callbacks are no-ops (metrics and loggers inherit them)
+_NO_OP_BASES = (BaseSGDPlugin, PluginMetric, BaseLogger)
+
+
+def _defined_by(cls: type, name: str) -> type | None:
+    """The class in ``cls``'s MRO that defines ``name``."""
+    for base in cls.__mro__:
+        if name in vars(base):
+            return base
+    return None
+
+
 def needs_gradients(plugin: object) -> str | None:
     """The reason ``plugin`` needs gradients or an optimizer, or None when it does not."""
     if isinstance(plugin, EvaluationPlugin):
@@ -43,8 +57,8 @@ def needs_gradients(plugin: object) -> str | None:
     if isinstance(plugin, OPTIMIZER_PLUGINS):
         return "it regularises or steps the gradients/optimizer"
     for name in GRADIENT_CALLBACKS:
-        method = getattr(type(plugin), name, None)
-        if method is not None and method is not getattr(BaseSGDPlugin, name):
+        owner = _defined_by(type(plugin), name)
+        if owner is not None and owner not in _NO_OP_BASES:
             return f"it acts in {name}"
     return None
 
