@@ -21,6 +21,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.std import tqdm
 
+from .arguments import check_labels
+
 Encoder = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -163,7 +165,7 @@ def iter_features(
     with _EvalMode(encoder):
         for batch in tqdm(loader, desc=desc, disable=None if progress is None else not progress):
             x = batch[0].to(device)
-            y = torch.as_tensor(batch[1]).long().to(device)
+            y = check_labels(batch[1], "targets").to(device)  # no silent truncation
             yield _encode(encoder, x, transform), y
 
 
