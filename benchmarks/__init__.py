@@ -1,16 +1,16 @@
 """Streams, class orders and offline datasets for Avalanche benchmarks."""
 
-from neve.benchmarks.corruptions import (
+from .corruptions import (
     Occlusion,
     PixelNoise,
     disc_mask,
     make_corruption,
     occlusion_radius,
 )
-from neve.benchmarks.curriculum import curriculum_benchmark, select_classes
-from neve.benchmarks.curriculum_designer import CurriculumDesigner
-from neve.benchmarks.curriculum_score import curriculum_score, score_orders
-from neve.benchmarks.datasets import (
+from .curriculum import curriculum_benchmark, select_classes
+from .curriculum_designer import CurriculumDesigner
+from .curriculum_score import curriculum_score, score_orders
+from .datasets import (
     IndexedSubset,
     LabelledTensorDataset,
     class_balanced_subset,
@@ -18,16 +18,16 @@ from neve.benchmarks.datasets import (
     digits,
     fashion_mnist,
 )
-from neve.benchmarks.episode_features import BackboneFeatures, encode_episode, encode_episodes
-from neve.benchmarks.episodes import (
+from .episode_features import BackboneFeatures, encode_episode, encode_episodes
+from .episodes import (
     EpisodeResults,
     mean_confidence_interval,
     paired_conditions,
     run_episodes,
 )
-from neve.benchmarks.instance import cfsl_episodes, episode_benchmark, instance_test_episodes
-from neve.benchmarks.online import BoundaryAwareOnlineExperience, split_online
-from neve.benchmarks.si_blurry import si_blurry_benchmark, si_blurry_split
+from .instance import cfsl_episodes, episode_benchmark, instance_test_episodes
+from .online import BoundaryAwareOnlineExperience, split_online
+from .si_blurry import si_blurry_benchmark, si_blurry_split
 
 __all__ = [
     "si_blurry_benchmark",

@@ -1,21 +1,21 @@
 """nn.Modules of neve: pretrained backbones and heads."""
 
-from neve.models.analytic import AnalyticClassifier, BufferLayer
-from neve.models.backbones import (
+from .analytic import AnalyticClassifier, BufferLayer
+from .backbones import (
     Backbone,
     ImagePreprocess,
     WeightsUnavailableError,
     pretrained_backbone,
 )
-from neve.models.classifier import PretrainedClassifier, model_part
-from neve.models.features import (
+from .classifier import PretrainedClassifier, model_part
+from .features import (
     dataset_fingerprint,
     default_cache_dir,
     encode,
     extract_features,
     iter_features,
 )
-from neve.models.recursive_least_squares import RecursiveLeastSquares
+from .recursive_least_squares import RecursiveLeastSquares
 
 __all__ = [
     "AnalyticClassifier",

@@ -1,21 +1,20 @@
 """Avalanche plugins of neve, and checkpointing that works under current torch."""
 
-from neve.plugins.analytic import AnalyticHeadPlugin
-from neve.plugins.checkpoint import (
+from ..models.gaussians import ClassGaussianStats
+from .alignment import ClassifierAlignmentPlugin
+from .analytic import AnalyticHeadPlugin
+from .checkpoint import (
     CheckpointError,
     maybe_load_checkpoint,
     restore_submodule_attributes,
     save_checkpoint,
 )
-from neve.plugins.curriculum_metrics import (
+from .curriculum_metrics import (
     CurriculumEffectiveness,
     curriculum_effectiveness,
     effectiveness_f,
 )
-from neve.plugins.progress import PhaseProgressLogger
-
-from ..models.gaussians import ClassGaussianStats
-from .alignment import ClassifierAlignmentPlugin
+from .progress import PhaseProgressLogger
 from .slow_learner import SlowLearnerPlugin
 
 restore_submodule_attributes()

@@ -1,14 +1,14 @@
 """SupervisedTemplate subclasses of neve."""
 
-from neve.strategies.analytic import AnalyticCIL
-from neve.strategies.episodic import (
+from .analytic import AnalyticCIL
+from .episodic import (
     RecentSetsBuffer,
     episode_evaluator,
     paper_replay_settings,
     pretrain_tune,
 )
-from neve.strategies.nearest_prototype import NearestPrototype
-from neve.strategies.slca import SLCA
+from .nearest_prototype import NearestPrototype
+from .slca import SLCA
 
 __all__: list[str] = [
     "AnalyticCIL",
