@@ -24,8 +24,9 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.supervised import Naive
 
 from neve.benchmarks import LabelledTensorDataset, digits, fashion_mnist
-from neve.models import extract_features, pretrained_backbone
-from neve.plugins import PhaseProgressLogger
+from neve.models import PretrainedClassifier, extract_features, pretrained_backbone
+from neve.plugins import ClassifierAlignmentPlugin, PhaseProgressLogger
+from neve.strategies import SLCA, AnalyticCIL
 
 
 def feature_benchmark(dataset: str, device: str, seed: int, input_size: int):
@@ -59,8 +60,6 @@ def naive_linear(feature_dim: int, num_classes: int, args, evaluator) -> Naive:
 
 def analytic(feature_dim: int, num_classes: int, args, evaluator):
     """ACIL / G-ACIL (neve): frozen features, 2048-unit random buffer, closed-form ridge head."""
-    from neve.strategies import AnalyticCIL
-
     return AnalyticCIL(
         backbone=torch.nn.Identity(),
         feature_dim=feature_dim,
@@ -80,10 +79,6 @@ def slca(feature_dim: int, num_classes: int, args, evaluator):
     and the slow learner has no backbone to slow down; examples/slca.py and
     bench/slca.py fine-tune the backbone itself.
     """
-    from neve.models import PretrainedClassifier
-    from neve.plugins import ClassifierAlignmentPlugin
-    from neve.strategies import SLCA
-
     model = PretrainedClassifier(torch.nn.Identity(), num_classes=2, feature_dim=feature_dim)
     return SLCA(
         model=model,
