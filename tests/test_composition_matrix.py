@@ -95,8 +95,10 @@ class Ctx:
             return [TextLogger(self._text)]
         if self.name == "CSVLogger":
             return [CSVLogger(log_folder=str(self.tmp / "csv"))]
-        if self.name == "TensorboardLogger":
-            return [TensorboardLogger(tb_log_dir=str(self.tmp / "tb"))]
+        if self.name == "TensorboardLogger":  # a new folder per run; closed before reading
+            self.tb_dir = self.tmp / f"tb{len(list(self.tmp.glob('tb*')))}"
+            self._tb = TensorboardLogger(tb_log_dir=str(self.tb_dir))
+            return [self._tb]
         return []
 
     def evaluator(self, extra=()):
@@ -139,7 +141,8 @@ def check_logs(ctx: Ctx, metrics: dict, capfd) -> None:
     elif ctx.name == "TensorboardLogger":
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-        events = EventAccumulator(str(ctx.tmp / "tb"))
+        ctx._tb.writer.close()
+        events = EventAccumulator(str(ctx.tb_dir))
         events.Reload()
         tag = next(t for t in events.Tags()["scalars"]
                    if t.startswith("Top1_Acc_Stream/eval_phase/test_stream"))
@@ -635,7 +638,7 @@ def expected(row: str, col: str) -> tuple[str, str]:
         if row.endswith("online") and col in ("JointTraining", "GenerativeReplay"):
             return "n/a", "offline strategy / generator on mini-experiences"
         if col == "iCaRL":
-            return "n/a", "#11.12 iCaRL reads experience.benchmark (Avalanche bug)"
+            return "refused", AVALANCHE_BUGS[row][1]
         if row == "si_blurry_benchmark online" and col == "IncrementalClassifier":
             return "ok", "#11.4 neve's split_online"
         if row == "curriculum_benchmark" and col == "Naive":
@@ -666,6 +669,18 @@ def expected(row: str, col: str) -> tuple[str, str]:
     return "ok", ""
 
 
+# Avalanche 0.6 bugs a cell asserts (they flip loudly once Avalanche fixes them)
+AVALANCHE_BUGS = {
+    "curriculum_benchmark": (
+        "size mismatch",
+        "Avalanche bug: ICaRLLossPlugin's load_state_dict fails once NCM class_means grows "
+        "(class order not 0..n-1)"),
+    **{row: ("benchmark",
+             "#11.12 Avalanche bug: iCaRL reads experience.benchmark (AttributeError)")
+       for row in ("curriculum_benchmark online", "si_blurry_benchmark",
+                   "si_blurry_benchmark online", "instance_test_episodes")},
+}
+
 # cells whose fix has not landed: {(row, col): finding}
 NOT_FIXED: dict[tuple[str, str], str] = {
     # found by this matrix, not among #11's findings
@@ -695,6 +710,10 @@ def cells():
 @pytest.mark.parametrize(("row", "col"), list(cells()))
 def test_cell(row, col, tmp_path, capfd):
     warnings.filterwarnings("ignore", message=".*storage_policy.*")
+    if col == "iCaRL" and row in AVALANCHE_BUGS:
+        with pytest.raises((AttributeError, RuntimeError), match=AVALANCHE_BUGS[row][0]):
+            ROWS[row](Ctx(col, tmp_path), capfd)
+        return
     ROWS[row](Ctx(col, tmp_path), capfd)
 
 
