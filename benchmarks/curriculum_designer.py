@@ -38,6 +38,7 @@ from .curriculum_score import (
 from .curriculum_search import rank_orders
 from .datasets import IndexedSubset, balanced_indices
 from .deprecation import NOT_GIVEN, renamed_keyword, warn_renamed
+from .otdd import otdd_distances
 
 
 class CurriculumDesigner:
@@ -53,7 +54,9 @@ class CurriculumDesigner:
             ``None`` uses ``neve.models.pretrained_backbone()`` (EfficientNet-Lite0,
             64 px). A :class:`~neve.models.Backbone`'s features are cached on
             disk; those of any other module or callable are not.
-        distance: ``"cosine"`` or ``"euclidean"`` distance between prototypes.
+        distance: ``"cosine"`` or ``"euclidean"`` distance between prototypes, or
+            ``"otdd"``: the optimal-transport distance between the classes' feature
+            samples (up to ``max_per_class`` each; :mod:`neve.benchmarks.otdd`).
         max_per_class: images per class used for the prototypes (``None``: all).
         seed: seed of the choice of those images.
         device: where the teacher runs.
@@ -140,7 +143,11 @@ class CurriculumDesigner:
         classes = self._resolve_classes(targets, classes)
         keep = self._subsample(targets, classes)
         protos = class_prototypes(features[keep], targets[keep], classes)
-        dist = prototype_distances(protos, self.distance)
+        if self.distance == "otdd":
+            kept, labels = features[keep], targets[keep]
+            dist = otdd_distances([kept[labels == c] for c in classes])
+        else:
+            dist = prototype_distances(protos, self.distance)
         normalize_rows(dist)  # raises now if two prototypes coincide
         self.classes_ = classes
         self.prototypes_ = protos

@@ -44,7 +44,8 @@ import torch
 
 from .arguments import check_int, check_labels
 
-DISTANCES = ("cosine", "euclidean")
+DISTANCES = ("cosine", "euclidean", "otdd")
+PROTOTYPE_DISTANCES = ("cosine", "euclidean")
 
 
 def as_class_list(classes: Sequence[int], name: str) -> list[int]:
@@ -163,8 +164,12 @@ def prototype_distances(prototypes: torch.Tensor, distance: str = "cosine") -> n
     Returns:
         ``[C, C]`` float64 array, zero diagonal, symmetric.
     """
-    if distance not in DISTANCES:
-        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+    if distance not in PROTOTYPE_DISTANCES:
+        raise ValueError(
+            f"distance must be one of {PROTOTYPE_DISTANCES} between prototypes, got {distance!r}"
+            + (" (otdd needs per-class samples: neve.benchmarks.otdd.otdd_distances)"
+               if distance == "otdd" else "")
+        )
     p = torch.as_tensor(prototypes).double()
     if distance == "cosine":
         norms = p.norm(dim=1, keepdim=True)
