@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
+from avalanche.training.supervised import JointTraining
 
 from .curriculum_f import curriculum_effectiveness, effectiveness_f
 
@@ -80,6 +81,13 @@ class CurriculumEffectiveness(PluginMetric[dict]):
 
     # -- training callbacks: which evaluations count
     def before_training(self, strategy):
+        if isinstance(strategy, JointTraining):
+            raise ValueError(
+                "CurriculumEffectiveness: F is undefined under JointTraining, which learns "
+                "all experiences in one training phase (there is no accuracy right after "
+                "the first experience); use it with a strategy that trains experience by "
+                "experience"
+            )
         self._in_experience, self._pending = False, None
 
     def before_training_exp(self, strategy):

@@ -688,8 +688,6 @@ NOT_FIXED: dict[tuple[str, str], str] = {
     ("NearestPrototype", "GDumb"): "new (as #11.10): NearestPrototype counts GDumb's buffer",
     ("NearestPrototype", "benchmark_from_datasets"):
         "new (as #11.5): bare AttributeError from NCMClassifier without a class timeline",
-    ("CurriculumEffectiveness", "JointTraining"):
-        "new (as #11.1): F of experience 0 alone reported under JointTraining",
 }
 
 
