@@ -1,5 +1,19 @@
+import os
+
 import pytest
 import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def neve_cache(tmp_path_factory):
+    """Tests keep neve's data and feature caches in a temporary folder, not in the home folder."""
+    previous = os.environ.get("NEVE_CACHE")
+    os.environ["NEVE_CACHE"] = str(tmp_path_factory.mktemp("neve-cache"))
+    yield os.environ["NEVE_CACHE"]
+    if previous is None:
+        os.environ.pop("NEVE_CACHE", None)
+    else:
+        os.environ["NEVE_CACHE"] = previous
 
 
 @pytest.fixture(scope="session")
