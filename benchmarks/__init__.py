@@ -1,5 +1,6 @@
 """Streams, class orders and offline datasets for Avalanche benchmarks."""
 
+from .cfsl import fashion_and_digits
 from .corruptions import (
     Occlusion,
     PixelNoise,
@@ -44,6 +45,7 @@ __all__ = [
     "Occlusion",
     "PixelNoise",
     "cfsl_episodes",
+    "fashion_and_digits",
     "disc_mask",
     "encode_episode",
     "encode_episodes",

@@ -215,66 +215,81 @@ def cfsl_episodes(
     corruption: str | None = None,
     severity: float = 0.0,
     seed: int = 0,
+    class_interval: int = 1,
 ) -> Iterator[CLScenario]:
     """Class-level CFSL episodes with many classes (Kowadlo et al., 2022; Antoniou et al., 2020).
 
-    Episode ``e`` draws ``n_classes`` distinct classes (each with at least
-    ``shots + query_shots`` items) in random order and labels them ``0..n_classes-1``
-    in that order. Per class it draws ``shots`` support and ``query_shots`` query
-    items, all distinct. The train stream holds ``support_sets`` experiences, each
-    with ``n_classes / support_sets`` new classes (``shots`` images each); the
-    test stream holds one experience with all queries (other images of the same
-    classes), optionally corrupted like :func:`instance_test_episodes`.
+    Episode ``e`` draws ``n_classes`` distinct classes in random order and labels
+    them ``0..n_classes-1`` in that order. The ``support_sets`` sets come in
+    groups of ``class_interval`` consecutive sets that show the same
+    ``n_classes * class_interval / support_sets`` classes (the next ones in label
+    order), each with ``shots`` NEW images in every set: each class is shown in
+    exactly ``class_interval`` consecutive support sets, ``shots *
+    class_interval`` distinct support images in all (the authors' *class-change
+    interval*; 1 shows each class once). The test stream holds one experience
+    with ``query_shots`` other images of every class, optionally corrupted like
+    :func:`instance_test_episodes`.
 
     Each benchmark also carries ``episode_index``, ``source_classes`` (original
-    class of label ``k``), ``support_indices`` and ``query_indices``.
+    class of label ``k``), ``support_indices`` (in presentation order) and
+    ``query_indices``.
 
     Args:
         dataset: any dataset with ``.targets``.
         n_episodes: number of episodes.
         n_classes: classes per episode (the N-way of the task).
-        shots: support images per class.
-        support_sets: number of support sets; must divide ``n_classes``.
+        shots: support images per class and support set.
+        support_sets: number of support sets; a multiple of ``class_interval``
+            whose quotient divides ``n_classes``.
         query_shots: query images per class (default: ``shots``).
         corruption, severity, seed: as for :func:`instance_test_episodes`.
+        class_interval: consecutive support sets that show each class, >= 1.
     """
     n_episodes = _positive_int("n_episodes", n_episodes)
     n_classes = _positive_int("n_classes", n_classes)
     shots = _positive_int("shots", shots)
     s = _positive_int("support_sets", support_sets)
     query_shots = shots if query_shots is None else _positive_int("query_shots", query_shots)
-    if n_classes % s:
-        raise ValueError(f"support_sets={s} must divide n_classes={n_classes}")
+    interval = _positive_int("class_interval", class_interval)
+    if s % interval:
+        raise ValueError(f"class_interval={interval} must divide support_sets={s}")
+    groups = s // interval
+    if n_classes % groups:
+        raise ValueError(f"support_sets / class_interval = {groups} must divide "
+                         f"n_classes={n_classes}")
+    per_group = n_classes // groups
     seed = check_seed(seed)
     make_corruption(corruption, severity)
     by_class = _indices_by_class(dataset)
-    need = shots + query_shots
+    need = shots * interval + query_shots
     eligible = sorted(c for c, idx in by_class.items() if len(idx) >= need)
     if len(eligible) < n_classes:
         raise ValueError(
             f"n_classes={n_classes} is more than the {len(eligible)} classes with at "
-            f"least shots + query_shots = {need} items"
+            f"least shots * class_interval + query_shots = {need} items"
         )
 
     def episodes() -> Iterator[CLScenario]:
         for e in range(n_episodes):
             rng = _episode_rng(seed, e, 0)
             classes = rng.choice(eligible, size=n_classes, replace=False)
-            support_idx, query_idx = [], []
-            for c in classes:
-                picked = rng.choice(by_class[int(c)], size=need, replace=False)
-                support_idx.append(picked[:shots])
-                query_idx.append(picked[shots:])
+            picked = [rng.choice(by_class[int(c)], size=need, replace=False) for c in classes]
+            support_idx, support_y = [], []
+            for g in range(groups):  # sets g*interval .. (g+1)*interval-1
+                for r in range(interval):
+                    for k in range(g * per_group, (g + 1) * per_group):
+                        support_idx.append(picked[k][r * shots : (r + 1) * shots])
+                        support_y += [k] * shots
+            query_idx = np.concatenate([p[shots * interval :] for p in picked])
             support_idx = np.concatenate(support_idx)
-            query_idx = np.concatenate(query_idx)
-            support_y = torch.arange(n_classes).repeat_interleave(shots)
             query_y = torch.arange(n_classes).repeat_interleave(query_shots)
             queries = corrupt_images(
                 _stack_images(dataset, query_idx), corruption, severity,
                 seed=_torch_seed(_episode_rng(seed, e, 1)),
             )
             bm = episode_benchmark(
-                _stack_images(dataset, support_idx), support_y, queries, query_y, s
+                _stack_images(dataset, support_idx), torch.tensor(support_y), queries,
+                query_y, s,
             )
             yield _annotate(
                 bm,

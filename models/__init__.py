@@ -8,6 +8,8 @@ from .backbones import (
     pretrained_backbone,
 )
 from .classifier import PretrainedClassifier, model_part
+from .convnet_training import meta_train_protonet, pretrain_convnet
+from .convnets import ConvNet, TunedNetwork
 from .features import (
     dataset_fingerprint,
     default_cache_dir,
@@ -15,10 +17,16 @@ from .features import (
     extract_features,
     iter_features,
 )
+from .prototypes import DotProductNCM
 from .recursive_least_squares import RecursiveLeastSquares
 
 __all__ = [
     "AnalyticClassifier",
+    "ConvNet",
+    "DotProductNCM",
+    "TunedNetwork",
+    "meta_train_protonet",
+    "pretrain_convnet",
     "BufferLayer",
     "RecursiveLeastSquares",
     "Backbone",

@@ -6,6 +6,7 @@ from .episodic import (
     episode_evaluator,
     paper_replay_settings,
     pretrain_tune,
+    tune_network,
 )
 from .nearest_prototype import NearestPrototype
 from .slca import SLCA
@@ -18,4 +19,5 @@ __all__: list[str] = [
     "episode_evaluator",
     "paper_replay_settings",
     "pretrain_tune",
+    "tune_network",
 ]

@@ -14,10 +14,15 @@ Avalanche strategy on feature vectors:
 * :class:`~neve.strategies.nearest_prototype.NearestPrototype` -- nearest class
   mean (Avalanche's ``NCMClassifier``) on L2-normalised features, a ProtoNet-like
   learner with fixed embeddings (its own module).
+
+The authors' own Pretrain+Tune tunes ALL layers of a small pretrained conv net
+(:func:`neve.models.convnet_training.pretrain_convnet`) with a fresh head:
+:func:`tune_network`, on image episodes, with the same replay option.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Sequence
 from types import MappingProxyType
@@ -32,7 +37,8 @@ from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
 from avalanche.training.storage_policy import ExemplarsBuffer
 from avalanche.training.supervised import Naive
 
-from .arguments import check_device, check_int, check_number
+from ..models.convnets import TunedNetwork
+from .arguments import check_bool, check_device, check_int, check_number
 
 # (support sets S) -> (last L sets kept, k samples per step), Kowadlo et al. (2022), replay
 PAPER_REPLAY_SETTINGS = MappingProxyType(
@@ -191,6 +197,13 @@ def pretrain_tune(
     head = torch.nn.Linear(feature_dim, num_classes)
     torch.nn.init.zeros_(head.weight)
     torch.nn.init.zeros_(head.bias)
+    return _tuning_strategy(head, lr, steps_per_set, replay_sets, replay_samples,
+                            train_mb_size, eval_mb_size, device, plugins, evaluator, eval_every)
+
+
+def _tuning_strategy(model, lr, steps_per_set, replay_sets, replay_samples, train_mb_size,
+                     eval_mb_size, device, plugins, evaluator, eval_every) -> Naive:
+    """Avalanche ``Naive`` with SGD on all of ``model``'s parameters, optionally with replay."""
     all_plugins = list(plugins or [])
     if replay_sets > 0:
         storage = RecentSetsBuffer(replay_sets)
@@ -200,8 +213,8 @@ def pretrain_tune(
             )
         )
     return Naive(
-        model=head,
-        optimizer=torch.optim.SGD(head.parameters(), lr=lr),
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=lr),
         criterion=torch.nn.CrossEntropyLoss(),
         train_mb_size=WHOLE_SUPPORT_SET if train_mb_size is None else train_mb_size,
         train_epochs=steps_per_set,
@@ -213,3 +226,54 @@ def pretrain_tune(
     )
 
 
+def tune_network(
+    body: torch.nn.Module,
+    num_classes: int,
+    *,
+    feature_dim: int | None = None,
+    lr: float = 0.01,
+    steps_per_set: int = 5,
+    replay_sets: int = 0,
+    replay_samples: int = 8,
+    head_seed: int = 0,
+    freeze_norm_stats: bool = True,
+    train_mb_size: int | None = None,
+    eval_mb_size: int = 1024,
+    device: str | torch.device = "cpu",
+    plugins: Sequence | None = None,
+    evaluator: EvaluationPlugin | None = None,
+    eval_every: int = -1,
+) -> Naive:
+    """The authors' Pretrain+Tune: ALL layers of a copy of ``body`` tuned with a fresh head.
+
+    The model is :class:`neve.models.convnets.TunedNetwork` (a deep copy of
+    ``body``, so the pretrained net is never changed, plus a new linear head
+    of ``num_classes`` outputs seeded by ``head_seed``); each support set is one
+    mini-batch and ``steps_per_set`` SGD steps (lr ``lr``) update every
+    parameter (Kowadlo et al., 2022: lr 0.01, 5 steps). With
+    ``freeze_norm_stats`` BatchNorm layers keep their pretrained statistics (a
+    support set may hold one image). Replay as for :func:`pretrain_tune`.
+
+    Args:
+        body: the pretrained encoder (e.g. :func:`~neve.models.convnet_training.pretrain_convnet`).
+        num_classes: outputs of the fresh head (N of the N-way episode).
+        feature_dim: the body's output size (default ``body.feature_dim``).
+        Other arguments: as for :func:`pretrain_tune`.
+    """
+    if not isinstance(body, torch.nn.Module):
+        raise TypeError(f"body must be an nn.Module, got {type(body).__name__}")
+    num_classes = check_int(num_classes, "num_classes", minimum=1)
+    lr = check_number(lr, "lr", positive=True)
+    steps_per_set = check_int(steps_per_set, "steps_per_set", minimum=1)
+    replay_sets = check_int(replay_sets, "replay_sets", minimum=0)
+    replay_samples = check_int(replay_samples, "replay_samples", minimum=1)
+    head_seed = check_int(head_seed, "head_seed", minimum=0)
+    check_bool(freeze_norm_stats, "freeze_norm_stats")
+    train_mb_size = check_int(train_mb_size, "train_mb_size", minimum=1, optional=True)
+    eval_mb_size = check_int(eval_mb_size, "eval_mb_size", minimum=1)
+    eval_every = check_int(eval_every, "eval_every", minimum=-1)
+    device = check_device(device)
+    model = TunedNetwork(copy.deepcopy(body), num_classes, feature_dim,
+                         freeze_norm_stats=freeze_norm_stats, head_seed=head_seed)
+    return _tuning_strategy(model, lr, steps_per_set, replay_sets, replay_samples,
+                            train_mb_size, eval_mb_size, device, plugins, evaluator, eval_every)

@@ -1,9 +1,16 @@
-"""NearestPrototype: nearest class mean on frozen features, a ProtoNet-like few-shot learner.
+"""NearestPrototype: class means on frozen features, a ProtoNet-like few-shot learner.
 
 The prototype classifier of Kowadlo et al. (2022)'s instance test, on a frozen
 backbone's features (episodes encoded by :func:`neve.benchmarks.encode_episodes`):
 class sums and counts are accumulated without gradients, and Avalanche's
-``NCMClassifier`` predicts the class whose mean is closest to the query.
+``NCMClassifier`` predicts the class whose mean is closest to the query
+(``scoring="euclidean"``), or :class:`neve.models.prototypes.DotProductNCM` the
+class whose mean has the largest dot product with it (``scoring="dot"``, the
+authors' ProtoNet score).
+
+With ``scoring="euclidean"`` (or ``"dot"`` with ``normalize=True``) and one
+support item per class, a query that is an exact copy of a support item is
+nearest to its own mean by construction: clean instance-test accuracy is 1.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 from avalanche.training.templates.base import _experiences_parameter_as_iterable
 
+from ..models.prototypes import DotProductNCM
 from .arguments import check_bool, check_device, check_int
 from .episodic import episode_evaluator
 from .gradient_free import check_gradient_free
@@ -48,31 +56,44 @@ def class_means(sums: torch.Tensor, counts: torch.Tensor) -> dict[int, torch.Ten
     return {c: (sums[c] / counts[c]).float() for c in seen}
 
 
-def prototype_scores(x: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """``[n, C]`` float32 scores: minus the Euclidean distance of each row of ``x`` to each
-    class mean ``sums[c] / counts[c]``; ``-inf`` for a class with no items yet.
+SCORINGS = ("euclidean", "dot")
 
-    The argmax is the nearest class mean, as ``NCMClassifier`` predicts.
+
+def prototype_scores(
+    x: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor, scoring: str = "euclidean"
+) -> torch.Tensor:
+    """``[n, C]`` float32 scores of each row of ``x`` against each class mean
+    ``m_c = sums[c] / counts[c]``; ``-inf`` for a class with no items yet.
+
+    ``scoring="euclidean"``: ``-||x - m_c||`` (the argmax is the nearest mean, as
+    ``NCMClassifier`` predicts); ``"dot"``: ``x . m_c`` (as ``DotProductNCM``).
 
     Args:
         x: ``[n, D]`` features (already normalised when the means are of normalised ones).
         sums: ``[C, D]`` per-class sums; counts: ``[C]`` per-class item counts.
+        scoring: "euclidean" or "dot".
     """
     seen = counts > 0
     scores = torch.full((x.shape[0], sums.shape[0]), float("-inf"), dtype=torch.float64,
                         device=x.device)
     means = sums[seen] / counts[seen].unsqueeze(1)
-    scores[:, seen] = -torch.cdist(x.double(), means.double())
+    if scoring == "dot":
+        scores[:, seen] = x.double() @ means.double().T
+    else:
+        scores[:, seen] = -torch.cdist(x.double(), means.double())
     return scores.float()
 
 
 class NearestPrototype(SupervisedTemplate):
-    """Nearest class mean on (L2-normalised) features: a ProtoNet-like learner.
+    """Class means on (L2-normalised) features: a ProtoNet-like learner.
 
-    Training adds each item's normalised feature to its class's running sum (no
+    Training adds each item's (normalised) feature to its class's running sum (no
     gradients, order-free, so it cannot forget); after each experience the means
     go into Avalanche's ``NCMClassifier``, which predicts the class whose mean is
-    closest (Euclidean) to the normalised query. State: ``class_sums`` ``[C, D]``
+    closest (Euclidean) to the (normalised) query, or, with ``scoring="dot"``, into
+    :class:`~neve.models.prototypes.DotProductNCM`, which predicts the class whose
+    mean has the largest dot product with it (the authors' ProtoNet score; use
+    ``normalize=False`` for their unnormalised embeddings). State: ``class_sums`` ``[C, D]``
     and ``class_counts`` ``[C]`` (float64 tensors). An experience is learned whole
     or not at all: the sums grow on a copy, kept when the experience ends.
 
@@ -89,6 +110,7 @@ class NearestPrototype(SupervisedTemplate):
         num_classes: largest label + 1.
         feature_dim: size of the input features.
         normalize: L2-normalise features (and queries) first.
+        scoring: "euclidean" (nearest mean, default) or "dot" (largest dot product).
         train_mb_size, eval_mb_size, device, plugins, evaluator, eval_every: as for
             Avalanche strategies (``evaluator`` default: :func:`episode_evaluator`).
         train_epochs: fixed to 1 (a ValueError otherwise): a second pass would
@@ -106,6 +128,7 @@ class NearestPrototype(SupervisedTemplate):
         num_classes: int,
         feature_dim: int = 1280,
         normalize: bool = True,
+        scoring: str = "euclidean",
         train_mb_size: int = 256,
         train_epochs: int = 1,
         eval_mb_size: int = 1024,
@@ -117,6 +140,8 @@ class NearestPrototype(SupervisedTemplate):
         num_classes = check_int(num_classes, "num_classes", minimum=1)
         feature_dim = check_int(feature_dim, "feature_dim", minimum=1)
         check_bool(normalize, "normalize")
+        if scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
         train_mb_size = check_int(train_mb_size, "train_mb_size", minimum=1)
         eval_mb_size = check_int(eval_mb_size, "eval_mb_size", minimum=1)
         eval_every = check_int(eval_every, "eval_every", minimum=-1)
@@ -129,7 +154,7 @@ class NearestPrototype(SupervisedTemplate):
         plugins = list(plugins or [])
         check_gradient_free(plugins, "NearestPrototype")
         super().__init__(
-            model=NCMClassifier(normalize=normalize),
+            model=(DotProductNCM if scoring == "dot" else NCMClassifier)(normalize=normalize),
             optimizer=None,  # type: ignore[arg-type]
             criterion=torch.nn.CrossEntropyLoss(),
             train_mb_size=train_mb_size,
@@ -141,6 +166,7 @@ class NearestPrototype(SupervisedTemplate):
             eval_every=eval_every,
         )
         self.normalize = normalize
+        self.scoring = scoring
         self.class_sums = torch.zeros(num_classes, feature_dim, dtype=torch.float64)
         self.class_counts = torch.zeros(num_classes, dtype=torch.float64)
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -196,7 +222,7 @@ class NearestPrototype(SupervisedTemplate):
                 sums.to(x.device), counts.to(x.device), x, self.mb_y.detach().long()
             )
             self._before_forward(**kwargs)
-            self.mb_output = prototype_scores(x, *self._pending)
+            self.mb_output = prototype_scores(x, *self._pending, scoring=self.scoring)
             self._after_forward(**kwargs)
             self._after_training_iteration(**kwargs)
 
