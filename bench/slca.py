@@ -1,26 +1,38 @@
-"""SLCA bench: Split Fashion-MNIST (5 x 2 classes), EfficientNet-Lite0 fine-tuned at 32 px.
+"""SLCA ablation bench (the paper's Table 3, made fair): Split Fashion-MNIST 5x2, EfficientNet.
 
-Methods, each over several seeds (class order and subset change with the seed):
+Every arm trains the same ``IncrementalClassifier`` head with the same loss
+(cross-entropy over the current experience's classes, as the SLCA authors),
+the same class-balanced data, input size and normalisation handling
+(``--norm``, :class:`~neve.plugins.SlowLearnerPlugin`'s ``norm_stats``), SGD
+momentum 0.9, weight decay 5e-4. Arms (``--arms``):
 
-* ``naive``: Avalanche ``Naive``, one learning rate for backbone and head (SGD 0.01,
-  momentum 0.9, weight decay 5e-4, as the paper's head);
-* ``naive_slow``: ``Naive`` + :class:`~neve.plugins.SlowLearnerPlugin` (backbone 0.01 x,
-  batch-norm running statistics 0.01 x as fast: ``norm_stats="slow"``);
-* ``slca``: :class:`~neve.strategies.SLCA` (slow learner + classifier alignment,
-  training loss over the current experience's classes as the authors' code);
-* ``slca_replay``: Avalanche ``Replay`` + both plugins (Replay's loss over all classes).
+* ``seq_ft``: the backbone at the head's learning rate (``--seq-ft-lrs`` is a
+  grid; each lr is reported); gives ``seq_ft`` and ``seq_ft_ca`` (+ alignment);
+* ``slow``: backbone x ``--backbone-lr-scale`` (0.01, the paper); gives
+  ``slow_learner``, ``slca`` (+ alignment), ``slca_sdc`` (+ semantic drift
+  compensation of the stored means) and ``slca_shrink`` (+ the authors' mean
+  shrinkage);
+* ``slow_head_init``, ``slow_fresh_opt``: ``slow`` with the authors' per-task
+  head initialisation / a fresh optimizer state per experience;
+* ``all_logit``: ``slow`` with Avalanche ``Naive``'s loss over all logits (another loss);
+* ``frozen``: the head on frozen eval-mode features computed once; gives
+  ``frozen``, ``frozen_ca``, ``frozen_ca_shrink``, and ``analytic``
+  (:class:`~neve.strategies.AnalyticCIL` on the same features).
 
-Images are resized to ``--input-size`` and normalised once (the model sees
-preprocessed tensors); train and test sets are class-balanced subsets. Printed
-JSON per method: last accuracy (all 10 test classes after the 5th experience),
-average accuracy (mean over experiences of the accuracy on the test classes seen
-so far, the paper's Inc-Acc), mean and std over seeds, train wall time, the
-alignment step's wall time (feature pass + statistics + head re-training) and its
-share of the training time (the share of the statistics alone, SLCA's step 2, and
-of the head re-training, step 3, beside it), and the process's peak memory.
+With ``keep_aligned=False`` (the authors' default) alignment changes what is
+evaluated but not the training, so one training run gives an arm with and
+without alignment and its variants (each re-aligned from the unaligned head
+with the plugin's own generator seed). Reported per arm (mean, std over
+seeds): ``last`` (all classes after the 5th experience), ``average`` (Inc-Acc:
+mean over experiences of the accuracy on the classes seen so far), ``first``
+(the first experience's accuracy right after learning it), and the drift of
+the stored class means: for the classes of experiences 1-4, the relative L2
+distance and the cosine between the stored mean and the mean of the same
+training data under the final backbone (``drift_first``: the first
+experience's classes). JSON on stdout.
 
-    nice -n 10 python bench/slca.py --quick      # small, minutes
-    python bench/slca.py     # 500 train / 200 test images per class, 3 seeds: ~22 min on 2 cores
+    nice -n 10 python bench/slca.py --quick
+    nice -n 10 python bench/slca.py --train-per-class 100 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -29,7 +41,6 @@ import argparse
 import contextlib
 import copy
 import json
-import resource
 import sys
 import time
 
@@ -39,14 +50,18 @@ from avalanche.benchmarks import nc_benchmark
 from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training.determinism.rng_manager import RNGManager
 from avalanche.training.plugins import EvaluationPlugin
-from avalanche.training.supervised import Naive, Replay
+from torch import nn
 
 from neve.benchmarks import LabelledTensorDataset, class_balanced_subset, fashion_mnist
 from neve.models import ImagePreprocess, PretrainedClassifier, pretrained_backbone
+from neve.models.drift import mean_drift, sdc_shifts
+from neve.models.features import extract_features
+from neve.models.gaussians import ClassGaussianStats
+from neve.models.head_alignment import align_head, alignment_batch_size
 from neve.plugins import ClassifierAlignmentPlugin, SlowLearnerPlugin
-from neve.strategies import SLCA
+from neve.strategies import SLCA, AnalyticCIL
 
-METHODS = ("naive", "naive_slow", "slca", "slca_replay")
+ARMS = ("seq_ft", "slow", "slow_head_init", "slow_fresh_opt", "all_logit", "frozen")
 STREAM = "Top1_Acc_Stream/eval_phase/test_stream/Task000"
 
 
@@ -62,123 +77,226 @@ def preprocessed(dataset, per_class: int, seed: int, input_size: int) -> Labelle
     return LabelledTensorDataset(x, y)
 
 
-def build(method: str, backbone, args, device):
-    model = PretrainedClassifier(copy.deepcopy(backbone), num_classes=2)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
-    common = dict(
-        model=model,
-        optimizer=optimizer,
-        criterion=torch.nn.CrossEntropyLoss(),
-        train_mb_size=args.batch_size,
-        train_epochs=args.epochs,
-        eval_mb_size=256,
-        device=device,
-        evaluator=EvaluationPlugin(accuracy_metrics(stream=True), loggers=[]),
-    )
-    align = dict(
-        samples_per_class=args.samples_per_class,
-        epochs=args.alignment_epochs,
-        lr=0.01,
-        temperature=0.1,
-        covariance=args.covariance,
-        batch_size=args.alignment_batch_size,
-    )
-    if method == "naive":
-        return Naive(**common), None
-    if method == "naive_slow":
-        return Naive(plugins=[SlowLearnerPlugin(args.backbone_lr_scale)], **common), None
-    if method == "slca":
-        s = SLCA(
-            slow_learner=SlowLearnerPlugin(args.backbone_lr_scale),
-            alignment=ClassifierAlignmentPlugin(**align),
-            **common,
-        )
-        return s, s.alignment
-    alignment = ClassifierAlignmentPlugin(**align)
-    plugins = [SlowLearnerPlugin(args.backbone_lr_scale), alignment]
-    return Replay(mem_size=args.replay_memory, plugins=plugins, **common), alignment
+def feats(module: nn.Module, dataset, device) -> tuple[torch.Tensor, torch.Tensor]:
+    return extract_features(module, dataset, 256, device, cache=False, preprocess=False,
+                            progress=False)
 
 
-def run(method: str, seed: int, backbone, train, test, args, device) -> dict:
-    RNGManager.set_random_seeds(seed)
-    bm = nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=seed)
-    strategy, alignment = build(method, backbone, args, device)
-    seen_acc, train_seconds = [], 0.0
-    for k, exp in enumerate(bm.train_stream):
-        start = time.perf_counter()
-        strategy.train(exp)
-        train_seconds += time.perf_counter() - start
-        seen_acc.append(strategy.eval(bm.test_stream[: k + 1])[STREAM])
-    out = {"last": seen_acc[-1], "average": float(np.mean(seen_acc)), "train_s": train_seconds}
-    if alignment is not None:
-        out["alignment_s"] = float(sum(alignment.alignment_seconds))
-        out["statistics_s"] = float(sum(alignment.statistics_seconds))
+@torch.no_grad()
+def accuracy(head: nn.Module, x: torch.Tensor, y: torch.Tensor, device) -> float:
+    head.eval()
+    pred = head(x.to(device)).argmax(1).cpu()
+    head.train()
+    return float((pred == y).float().mean())
+
+
+def realign(head: nn.Module, state: dict, stats: ClassGaussianStats, args, seed: int,
+            device, shrink: bool = False) -> nn.Module:
+    """A copy of ``head`` with ``state`` loaded, aligned as the plugin does (same generator)."""
+    out = copy.deepcopy(head)
+    out.load_state_dict(state)
+    align_head(out, stats, samples_per_class=args.samples_per_class,
+               epochs=args.alignment_epochs, lr=0.01, temperature=0.1,
+               batch_size=alignment_batch_size(len(stats.classes) * args.samples_per_class,
+                                               args.alignment_batch_size, 32),
+               momentum=0.9, weight_decay=5e-4, generator=torch.Generator().manual_seed(seed),
+               device=device, shrink=shrink)
     return out
+
+
+def run_arm(bm, backbone: nn.Module, feature_dim: int, args, device, *, seed: int, lr: float,
+            scale: float, norm: str, current_loss: bool = True, head_init: str | None = None,
+            reset_optimizer: bool = False) -> dict:
+    """One training run; accuracies of the unaligned head, the aligned head and its variants."""
+    RNGManager.set_random_seeds(seed)
+    model = PretrainedClassifier(copy.deepcopy(backbone), num_classes=2, feature_dim=feature_dim)
+    strategy = SLCA(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4),
+        train_mb_size=args.batch_size, train_epochs=args.epochs, eval_mb_size=256,
+        device=device, evaluator=EvaluationPlugin(loggers=[]),
+        current_classes_loss=current_loss,
+        slow_learner=SlowLearnerPlugin(scale, norm_stats=norm, head_init=head_init,
+                                       reset_optimizer=reset_optimizer, seed=seed),
+        alignment=ClassifierAlignmentPlugin(samples_per_class=args.samples_per_class,
+                                            epochs=args.alignment_epochs,
+                                            batch_size=args.alignment_batch_size, seed=seed),
+    )
+    plugin, head = strategy.alignment, model.classifier
+    sdc = ClassGaussianStats("full", 1e-4)
+    acc: dict[str, list[float]] = {"none": [], "ca": [], "ca_sdc": [], "ca_shrink": []}
+    start = time.perf_counter()
+    for k, exp in enumerate(bm.train_stream):
+        data = exp.dataset.eval()
+        if k > 0:
+            before, _ = feats(model.features, data, device)
+        strategy.train(exp)
+        after, targets = feats(model.features, data, device)
+        if k > 0:
+            old = sdc.classes
+            shifts = sdc_shifts(before, after, torch.stack([sdc.means[c] for c in old]))
+            sdc.shift_means(dict(zip(old, shifts, strict=True)))
+        sdc.update(after, targets, group=k)
+        # the test data seen so far, under the current backbone
+        seen = [feats(model.features, e.dataset.eval(), device) for e in bm.test_stream[: k + 1]]
+        test_x, test_y = torch.cat([x for x, _ in seen]), torch.cat([y for _, y in seen])
+        aligned = copy.deepcopy(head.state_dict())
+        unaligned = plugin.unaligned_head or aligned
+        acc["ca"].append(accuracy(head, test_x, test_y, device))
+        head.load_state_dict(unaligned, strict=False)
+        acc["none"].append(accuracy(head, test_x, test_y, device))
+        head.load_state_dict(aligned)
+        if k == 0:
+            acc["ca_sdc"].append(acc["ca"][0])
+            acc["ca_shrink"].append(acc["ca"][0])
+            continue
+        gen_seed = seed + k + 1  # the plugin's: seed + experiences seen
+        for name, stats, shrink in (("ca_sdc", sdc, False), ("ca_shrink", plugin.stats, True)):
+            variant = realign(head, unaligned, stats, args, gen_seed, device, shrink)
+            acc[name].append(accuracy(variant, test_x, test_y, device))
+    seconds = time.perf_counter() - start
+    # drift: stored means vs the means of the same training data under the final backbone
+    drift = {}
+    for name, stats in (("stored", plugin.stats), ("sdc", sdc)):
+        rel, cos, rel_first = [], [], []
+        for k, exp in enumerate(bm.train_stream[:-1]):
+            x, y = feats(model.features, exp.dataset.eval(), device)
+            classes = sorted(int(c) for c in torch.unique(y))
+            actual = torch.stack([x[y == c].double().mean(0) for c in classes])
+            r, c = mean_drift(torch.stack([stats.means[c] for c in classes]), actual)
+            rel += r.tolist()
+            cos += c.tolist()
+            if k == 0:
+                rel_first = r.tolist()
+        drift[name] = {"rel_l2": float(np.mean(rel)), "cos": float(np.mean(cos)),
+                       "rel_l2_first": float(np.mean(rel_first))}
+    return {"acc": acc, "drift": drift, "train_s": seconds}
+
+
+def analytic_arm(fbm, args, device) -> dict:
+    strategy = AnalyticCIL(backbone=nn.Identity(), feature_dim=fbm.train_stream[0].dataset[0][0]
+                           .shape[0], buffer_size=args.analytic_buffer, gamma=args.analytic_gamma,
+                           device=device,
+                           evaluator=EvaluationPlugin(accuracy_metrics(stream=True), loggers=[]))
+    seen = []
+    for k, exp in enumerate(fbm.train_stream):
+        strategy.train(exp)
+        seen.append(strategy.eval(fbm.test_stream[: k + 1])[STREAM])
+    return {"acc": {"none": seen}}
+
+
+def scores(per_exp: list[float]) -> dict:
+    return {"last": per_exp[-1], "average": float(np.mean(per_exp)), "first": per_exp[0]}
+
+
+def record(results: dict, name: str, run: dict, variant: str) -> None:
+    out = scores(run["acc"][variant])
+    if "drift" in run:
+        drift = run["drift"]["sdc" if variant == "ca_sdc" else "stored"]
+        out.update({"drift_rel_l2": drift["rel_l2"], "drift_cos": drift["cos"],
+                    "drift_rel_l2_first": drift["rel_l2_first"]})
+    results.setdefault(name, []).append(out)
 
 
 def summarise(runs: list[dict]) -> dict:
     out = {}
     for key in runs[0]:
-        values = np.array([r[key] for r in runs], dtype=float)
-        out[key] = {"mean": round(float(values.mean()), 4), "std": round(float(values.std()), 4)}
-    if "alignment_s" in runs[0]:
-        share = [r["alignment_s"] / r["train_s"] for r in runs]
-        out["alignment_share_of_train_time"] = round(float(np.mean(share)), 4)
-        stats = [r["statistics_s"] / r["train_s"] for r in runs]
-        out["of_which_statistics_share"] = round(float(np.mean(stats)), 4)
-        out["of_which_head_retraining_share"] = round(float(np.mean(share) - np.mean(stats)), 4)
-    out["per_seed_last"] = [round(r["last"], 4) for r in runs]
+        v = np.array([r[key] for r in runs], dtype=float)
+        out[key] = {"mean": round(float(v.mean()), 4), "std": round(float(v.std()), 4)}
+    out["seeds"] = len(runs)
     return out
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small subsets, for a check")
-    parser.add_argument("--train-per-class", type=int, default=500)
-    parser.add_argument("--test-per-class", type=int, default=200)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--backbone-lr-scale", type=float, default=0.01)
-    parser.add_argument("--samples-per-class", type=int, default=256)
-    parser.add_argument("--alignment-epochs", type=int, default=5)
-    parser.add_argument("--alignment-batch-size", type=int, default=64)
-    parser.add_argument("--covariance", default="full")
-    parser.add_argument("--replay-memory", type=int, default=100)
-    parser.add_argument("--input-size", type=int, default=32)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny subsets, for a check")
+    p.add_argument("--train-per-class", type=int, default=200)
+    p.add_argument("--test-per-class", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=0.01, help="head lr of the slow arms")
+    p.add_argument("--seq-ft-lrs", type=float, nargs="+", default=[0.01, 0.001])
+    p.add_argument("--backbone-lr-scale", type=float, default=0.01)
+    p.add_argument("--samples-per-class", type=int, default=256)
+    p.add_argument("--alignment-epochs", type=int, default=5)
+    p.add_argument("--alignment-batch-size", type=int, default=None)
+    p.add_argument("--analytic-buffer", type=int, default=2048)
+    p.add_argument("--analytic-gamma", type=float, default=1.0)
+    p.add_argument("--input-size", type=int, default=32)
+    p.add_argument("--norm", nargs="+", default=["eval"],
+                   choices=["eval", "slow", "frozen", "train"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
     if args.quick:
-        args.train_per_class, args.test_per_class, args.epochs = 20, 20, 2
-        args.batch_size, args.replay_memory = 8, 20
+        args.train_per_class, args.test_per_class, args.epochs = 10, 10, 1
+        args.samples_per_class, args.alignment_epochs = 16, 1
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     wall = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # the weights package prints a line
         backbone = pretrained_backbone("efficientnet-lite0", input_size=args.input_size)
     full_train, full_test = fashion_mnist()
-    results: dict = {m: [] for m in args.methods}
+    results: dict = {}
+    seconds: dict = {}
     for seed in args.seeds:
         train = preprocessed(full_train, args.train_per_class, seed, args.input_size)
         test = preprocessed(full_test, args.test_per_class, seed, args.input_size)
-        for method in args.methods:
-            results[method].append(run(method, seed, backbone, train, test, args, device))
-            print(f"seed {seed} {method}: {results[method][-1]}", file=sys.stderr, flush=True)
+        bm = nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=seed)
+        common = dict(seed=seed, lr=args.lr, scale=args.backbone_lr_scale)
+        for arm in args.arms:
+            t = time.perf_counter()
+            if arm == "frozen":
+                xtr, ytr = feats(backbone, train, device)
+                xte, yte = feats(backbone, test, device)
+                fbm = nc_benchmark(LabelledTensorDataset(xtr, ytr), LabelledTensorDataset(xte, yte),
+                                   n_experiences=5, task_labels=False, seed=seed,
+                                   fixed_class_order=list(bm.classes_order))
+                run = run_arm(fbm, nn.Identity(), xtr.shape[1], args, device, **dict(
+                    common, scale=0.0), norm="eval")
+                record(results, "frozen", run, "none")
+                record(results, "frozen_ca", run, "ca")
+                record(results, "frozen_ca_shrink", run, "ca_shrink")
+                record(results, "analytic", analytic_arm(fbm, args, device), "none")
+            for norm in args.norm if arm != "frozen" else []:
+                tag = f"[{norm}]"
+                if arm == "seq_ft":
+                    for lr in args.seq_ft_lrs:
+                        run = run_arm(bm, backbone, 1280, args, device, **dict(
+                            common, lr=lr, scale=1.0), norm=norm)
+                        record(results, f"seq_ft{tag} lr={lr}", run, "none")
+                        record(results, f"seq_ft_ca{tag} lr={lr}", run, "ca")
+                elif arm == "slow":
+                    run = run_arm(bm, backbone, 1280, args, device, **common, norm=norm)
+                    record(results, f"slow_learner{tag}", run, "none")
+                    for variant in ("ca", "ca_sdc", "ca_shrink"):
+                        name = "slca" + variant[2:]
+                        record(results, f"{name}{tag}", run, variant)
+                elif arm == "all_logit":
+                    run = run_arm(bm, backbone, 1280, args, device, **common, norm=norm,
+                                  current_loss=False)
+                    record(results, f"all_logit_slow{tag} (other loss)", run, "none")
+                    record(results, f"all_logit_slow_ca{tag} (other loss)", run, "ca")
+                else:
+                    option = ({"head_init": "trunc_normal"} if arm == "slow_head_init"
+                              else {"reset_optimizer": True})
+                    run = run_arm(bm, backbone, 1280, args, device, **common, norm=norm,
+                                  **option)
+                    record(results, f"{arm}{tag}", run, "none")
+                    record(results, f"slca_{arm[5:]}{tag}", run, "ca")
+            seconds.setdefault(arm, []).append(round(time.perf_counter() - t, 1))
+            print(f"seed {seed} {arm}: {seconds[arm][-1]} s", file=sys.stderr, flush=True)
     report = {
         "benchmark": "Split Fashion-MNIST 5x2, class-balanced subsets",
-        "backbone": f"efficientnet-lite0 (ImageNet), fine-tuned at {args.input_size} px",
-        "settings": {k: v for k, v in vars(args).items() if k != "methods"},
+        "backbone": f"efficientnet-lite0 (ImageNet) at {args.input_size} px",
+        "settings": {k: v for k, v in vars(args).items() if k != "arms"},
         "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-        "methods": {m: summarise(r) for m, r in results.items()},
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "arms": {name: summarise(r) for name, r in results.items()},
+        "arm_seconds": seconds,
         "wall_s": round(time.perf_counter() - wall, 1),
     }
-    if device.type == "cuda":
-        report["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     print(json.dumps(report, indent=1))
     return report
 

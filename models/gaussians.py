@@ -172,6 +172,21 @@ class ClassGaussianStats:
         rows = torch.cat([old, centred, delta[None]])
         return rows / math.sqrt(max(n - 1, 1)) if rows.shape[0] <= d else None
 
+    def shift_means(self, shifts: dict[int, torch.Tensor]) -> None:
+        """Add ``shifts[c]`` (``[D]``) to the mean of each stored class ``c`` (drift compensation).
+
+        Counts and scatters (so covariances) are kept: the Gaussian is translated.
+        Everything is checked before a mean changes.
+        """
+        for c, shift in shifts.items():
+            if c not in self.means:
+                raise ValueError(f"shifts must be for stored classes {self.classes}, got {c!r}")
+            if not isinstance(shift, torch.Tensor) or shift.shape != self.means[c].shape \
+                    or not bool(torch.isfinite(shift).all()):
+                raise ValueError(f"shifts[{c}] must be a finite [D] tensor")
+        for c, shift in shifts.items():
+            self.means[c] = self.means[c] + shift.detach().to(torch.float64).cpu()
+
     def shared_covariance(self) -> torch.Tensor:
         """Pooled within-class covariance ``sum_c S_c / sum_c (n_c - 1) + ridge * I``."""
         d = next(iter(self.means.values())).shape[0]

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .drift import shrink_factors
 from .gaussians import ClassGaussianStats
 
 
@@ -113,6 +114,7 @@ def align_head(
     generator: torch.Generator,
     device: str | torch.device,
     logit_norm: bool = True,
+    shrink: bool = False,
 ) -> list[float]:
     """Re-train ``head`` on features sampled from the class Gaussians (SLCA Sec. 4.2).
 
@@ -136,6 +138,9 @@ def align_head(
         generator: CPU generator for the sampling and the shuffling.
         device: where the head and the sampled features are.
         logit_norm: use Eq. 3's normalisation (True) or plain logits.
+        shrink: the authors' code (not the paper): sample class c around
+            ``s_c mu_c``, ``s_c = 0.9 + 0.1 (t_c + 1) / (T + 1)``
+            (:func:`neve.models.drift.shrink_factors`, T the latest stored group).
 
     Returns:
         The mean loss of each epoch.
@@ -156,6 +161,12 @@ def align_head(
     groups = torch.tensor([stats.groups[c] for c in classes], device=device)
     position = {c: i for i, c in enumerate(classes)}
     factors = stats.sampler_factors()
+    offsets = None
+    if shrink:
+        scale = shrink_factors([stats.groups[c] for c in classes], max(stats.groups.values()))
+        offsets = torch.stack([(s - 1.0) * stats.means[c] for s, c in zip(scale, classes,
+                                                                          strict=True)])
+        offsets = offsets.to(device, torch.float32)
     params = list(head.parameters())
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
@@ -165,6 +176,8 @@ def align_head(
     for _ in range(epochs):
         x, y = stats.sample(samples_per_class, generator, classes, factors, device)
         target = torch.tensor([position[c] for c in y.tolist()], device=device)
+        if offsets is not None:
+            x = x + offsets[target]
         order = torch.randperm(x.shape[0], generator=generator).to(device)
         x, target = x[order], target[order]
         total = 0.0

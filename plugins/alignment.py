@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..models.classifier import model_part
+from ..models.drift import sdc_shifts
 from ..models.features import extract_features
 from ..models.gaussian_state import check_covariance, check_ridge, checked_state
 from ..models.gaussians import ClassGaussianStats
@@ -52,6 +53,9 @@ _OPTIONS = (
     "stats_batch_size",
     "min_steps",
     "check_data",
+    "drift_compensation",
+    "drift_sigma",
+    "shrink_means",
 )
 
 
@@ -70,7 +74,10 @@ def check_options(options: dict) -> None:
     for name in ("momentum", "weight_decay"):
         if name in options:
             check_number(name, options[name], positive=False)
-    for name in ("keep_aligned", "logit_norm", "check_data"):
+    if "drift_sigma" in options:
+        check_number("drift_sigma", options["drift_sigma"], positive=True)
+    for name in ("keep_aligned", "logit_norm", "check_data", "drift_compensation",
+                 "shrink_means"):
         if name in options and not isinstance(options[name], bool):
             raise TypeError(f"{name} must be True or False, got {options[name]!r}")
     for name in ("features", "head"):
@@ -194,10 +201,21 @@ class ClassifierAlignmentPlugin(SupervisedPlugin):
             re-training of the head).
         alignment_losses: the mean loss per epoch of each alignment.
 
-    Not implemented: the authors' code also shrinks older classes' means by
-    ``0.9 + 0.1 (t_c + 1) / (T + 1)`` before sampling, which the paper does not
-    describe. Paper deviations: SLCA trains each task's head on that task's
-    logits only; Avalanche's ``Naive`` uses cross-entropy over all logits.
+        drift_compensation: beyond the paper, semantic drift compensation (Yu et
+            al., CVPR 2020): before training, the experience's data goes through
+            the feature extractor once more; after training, the stored means of
+            earlier classes are moved by the kernel-weighted mean displacement of
+            those features (:func:`neve.models.drift.sdc_shifts`), before the new
+            classes are stored and the head aligned. Covariances are kept. Not
+            under ``JointTraining`` (one phase, nothing to compensate).
+        drift_sigma: SDC's kernel width on L2-normalised features (SDC: 0.3).
+        shrink_means: the authors' code (not the paper): sample older classes
+            around ``(0.9 + 0.1 (t_c + 1) / (T + 1)) mu_c``
+            (:func:`neve.models.drift.shrink_factors`); off by default.
+
+    Paper deviation: SLCA trains each task's head on that task's logits only;
+    Avalanche's ``Naive`` uses cross-entropy over all logits
+    (:class:`neve.strategies.SLCA` uses the paper's loss).
     """
 
     def __init__(
@@ -220,6 +238,9 @@ class ClassifierAlignmentPlugin(SupervisedPlugin):
         stats_batch_size: int | None = None,
         min_steps: int = 32,
         check_data: bool = True,
+        drift_compensation: bool = False,
+        drift_sigma: float = 0.3,
+        shrink_means: bool = False,
     ) -> None:
         super().__init__()
         options = {k: v for k, v in locals().items() if k in _OPTIONS}
@@ -230,6 +251,8 @@ class ClassifierAlignmentPlugin(SupervisedPlugin):
             setattr(self, key, value)
         self.lr, self.temperature = float(lr), float(temperature)
         self.momentum, self.weight_decay = float(momentum), float(weight_decay)
+        self.drift_sigma = float(drift_sigma)
+        self._before_features: torch.Tensor | None = None
         self.stats = ClassGaussianStats(covariance, ridge)
         self.experiences_seen = 0
         self.unaligned_head: dict[str, torch.Tensor] | None = None
@@ -255,21 +278,35 @@ class ClassifierAlignmentPlugin(SupervisedPlugin):
             restore_leading_slices(head, self.unaligned_head)
             self.unaligned_head = None
 
-    def after_training_exp(self, strategy, **kwargs) -> None:
-        """Store the experience's class statistics; from the second experience, align."""
-        model = strategy.model
-        feature_extractor = model_part(model, self.features, "feature extractor")
-        head = model_part(model, self.head, "head")
-        start = time.perf_counter()
-        # JointTraining: strategy.experience is the first experience only
-        joint = isinstance(strategy, JointTraining)
+    def before_training_exp(self, strategy, **kwargs) -> None:
+        """``drift_compensation``: the experience's features under the backbone before training."""
+        self._before_features = None
+        if self.drift_compensation and self.stats.classes and not isinstance(
+                strategy, JointTraining):
+            self._before_features = self._experience_features(strategy)[0]
+
+    def _experience_features(self, strategy) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features ``[N, D]`` and targets of the experience's data, eval transforms, in order."""
+        joint = isinstance(strategy, JointTraining)  # strategy.experience: the first only
         dataset = strategy.adapted_dataset if joint else strategy.experience.dataset
         if hasattr(dataset, "eval"):
             dataset = dataset.eval()
         batch_size = self.stats_batch_size or strategy.eval_mb_size or strategy.train_mb_size
-        feats, targets = extract_features(
-            feature_extractor, dataset, batch_size, strategy.device, cache=False, preprocess=False
-        )
+        feature_extractor = model_part(strategy.model, self.features, "feature extractor")
+        return extract_features(feature_extractor, dataset, batch_size, strategy.device,
+                                cache=False, preprocess=False)
+
+    def after_training_exp(self, strategy, **kwargs) -> None:
+        """Store the experience's class statistics; from the second experience, align."""
+        head = model_part(strategy.model, self.head, "head")
+        start = time.perf_counter()
+        feats, targets = self._experience_features(strategy)
+        if self._before_features is not None:
+            old = self.stats.classes
+            means = torch.stack([self.stats.means[c] for c in old])
+            shifts = sdc_shifts(self._before_features, feats, means, self.drift_sigma)
+            self.stats.shift_means(dict(zip(old, shifts, strict=True)))
+            self._before_features = None
         self.stats.update(feats, targets, group=self.experiences_seen)
         self.experiences_seen += 1
         self.statistics_seconds.append(time.perf_counter() - start)
@@ -292,6 +329,7 @@ class ClassifierAlignmentPlugin(SupervisedPlugin):
                 generator=torch.Generator().manual_seed(self.seed + self.experiences_seen),
                 device=strategy.device,
                 logit_norm=self.logit_norm,
+                shrink=self.shrink_means,
             )
             self.alignment_losses.append(losses)
         self.alignment_seconds.append(time.perf_counter() - start)

@@ -146,3 +146,13 @@ class SLCA(Naive):
         if not bool((targets >= 0).any()):  # no sample of the current classes: no signal
             return logits.sum() * 0.0
         return self._criterion(logits, targets)
+
+    @classmethod
+    def paper(cls, model: Module, settings=None, **kwargs) -> SLCA:
+        """The paper's settings (:data:`neve.strategies.slca_settings.PAPER_SETTINGS`).
+
+        See :func:`neve.strategies.slca_settings.paper_slca` for the arguments.
+        """
+        from .slca_settings import PAPER_SETTINGS, paper_slca
+
+        return paper_slca(model, PAPER_SETTINGS if settings is None else settings, **kwargs)

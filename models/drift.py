@@ -1,0 +1,69 @@
+"""Stale class statistics under a moving backbone: drift compensation, mean shrinkage, drift size.
+
+* :func:`sdc_shifts`: semantic drift compensation (Yu, Twardowski, Liu, Herranz,
+  Wang, Cheng, Jui, van de Weijer, "Semantic Drift Compensation for Class-Incremental
+  Learning", CVPR 2020, Eq. 7-8): the displacement of old class means is
+  estimated from the displacement of the current data's features between the
+  backbone before and after an experience.
+* :func:`shrink_factors`: the SLCA authors' scaling of older classes' means
+  before sampling (in their code, not in the paper).
+* :func:`mean_drift`: how far stored means are from the means of the same
+  data under another backbone (relative L2 distance and cosine).
+
+Pure tensors, no Avalanche.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def sdc_shifts(
+    before: torch.Tensor, after: torch.Tensor, means: torch.Tensor, sigma: float = 0.3,
+    normalise: bool = True,
+) -> torch.Tensor:
+    """Estimated displacement ``[C, D]`` of class means ``[C, D]`` (SDC, Eq. 7-8).
+
+    With ``v_i = after_i - before_i`` the displacement of sample i (``[N, D]``
+    features of the same inputs under the old and the new backbone),
+    ``Delta_c = sum_i w_ic v_i / sum_i w_ic`` and
+    ``w_ic = exp(-||before_i - mu_c||^2 / (2 sigma^2))``. SDC computes the
+    distances on L2-normalised embeddings with ``sigma = 0.3``; ``normalise``
+    (default) does the same here (distances between L2-normalised ``before_i``
+    and ``mu_c``), so ``sigma`` is scale-free, while the displacements ``v_i``
+    stay in the features' own space. Computed in float64 with a log-sum-exp
+    normalisation, so a far class gets the nearest samples' mean displacement
+    instead of a division by zero.
+    """
+    if before.shape != after.shape or before.dim() != 2 or before.shape[0] < 1:
+        raise ValueError(f"before and after must be the same [N >= 1, D], got "
+                         f"{tuple(before.shape)} and {tuple(after.shape)}")
+    if means.dim() != 2 or means.shape[1] != before.shape[1]:
+        raise ValueError(f"means must be [C, {before.shape[1]}], got {tuple(means.shape)}")
+    if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or not sigma > 0:
+        raise ValueError(f"sigma must be a number > 0, got {sigma!r}")
+    b, a, m = before.double(), after.double(), means.double()
+    if normalise:
+        distance = torch.cdist(F.normalize(m, dim=1), F.normalize(b, dim=1))
+    else:
+        distance = torch.cdist(m, b)
+    weights = torch.softmax(-distance.pow(2) / (2 * sigma**2), dim=1)  # [C, N], rows sum to 1
+    return weights @ (a - b)
+
+
+def shrink_factors(groups: list[int], current: int) -> list[float]:
+    """The authors' mean scaling ``0.9 + 0.1 (t_c + 1) / (T + 1)`` per class.
+
+    ``groups``: the experience ``t_c`` of each class; ``current``: the current
+    experience ``T``. Classes of the current experience get 1; the first's
+    ``0.9 + 0.1 / (T + 1)``.
+    """
+    return [0.9 + 0.1 * (t + 1) / (current + 1) for t in groups]
+
+
+def mean_drift(stored: torch.Tensor, actual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per class ``||stored - actual|| / ||actual||`` and cosine(stored, actual), both ``[C]``."""
+    s, a = stored.double(), actual.double()
+    relative = (s - a).norm(dim=1) / a.norm(dim=1).clamp_min(1e-12)
+    return relative, F.cosine_similarity(s, a, dim=1)
