@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..models.backbones import Backbone, pretrained_backbone
+from ..models.distributed import all_gather_rows, shard
 from ..models.features import extract_features
 from .arguments import check_bool, check_int, check_labelled, check_seed
 from .curriculum_plot import save_distance_heatmap
@@ -171,13 +172,16 @@ class CurriculumDesigner:
     def _embed(self, dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher features ``[N, D]`` (float32, CPU) and labels ``[N]`` of ``dataset``."""
         teacher = self.teacher if self.teacher is not None else pretrained_backbone()
-        return extract_features(
+        # under torch.distributed: this process's contiguous shard, then all rows in
+        # rank order (the one-process features in order, for every distance)
+        feats, labels = extract_features(
             teacher,
-            dataset,
+            shard(dataset),
             device=self.device,
             cache=isinstance(teacher, Backbone),
             preprocess=True,
         )
+        return all_gather_rows(feats), all_gather_rows(labels)
 
     # -- querying
     def _check_fitted(self) -> None:

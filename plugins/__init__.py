@@ -14,6 +14,7 @@ from .curriculum_metrics import (
     curriculum_effectiveness,
     effectiveness_f,
 )
+from .distributed import DDPPlugin, ExactShardsPlugin
 from .progress import PhaseProgressLogger
 from .slow_learner import SlowLearnerPlugin
 
@@ -21,6 +22,8 @@ restore_submodule_attributes()
 
 __all__ = [
     "AnalyticHeadPlugin",
+    "DDPPlugin",
+    "ExactShardsPlugin",
     "CurriculumEffectiveness",
     "PhaseProgressLogger",
     "curriculum_effectiveness",

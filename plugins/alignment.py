@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..models.classifier import model_part
+from ..models.distributed import all_gather_rows, broadcast_from_rank0, shard
 from ..models.drift import sdc_shifts
 from ..models.features import extract_features
 from ..models.gaussian_state import check_covariance, check_ridge, checked_state
@@ -132,7 +133,7 @@ def _training_datasets(strategy) -> list:
     return [strategy.experience.dataset]
 
 
-class ClassifierAlignmentPlugin(SupervisedPlugin):
+class ClassifierAlignmentPlugin(SupervisedPlugin, supports_distributed=True):
     """SLCA's classifier alignment with class-wise Gaussian feature statistics.
 
     After each training experience (``after_training_exp``):
@@ -160,6 +161,10 @@ class ClassifierAlignmentPlugin(SupervisedPlugin):
     model (:class:`neve.strategies.SLCA` does).
 
     Single-sample classes: the covariance is undefined, so it is ``ridge * I``.
+
+    Under ``torch.distributed`` each process embeds its contiguous shard of the
+    experience and the features are gathered in rank order, so the statistics are
+    the one-process ones; the aligned head is broadcast from rank 0.
 
     Single-head class-incremental models only: a ``MultiTaskModule`` head (e.g.
     ``MultiHeadClassifier``) is refused with a ValueError when training starts.
@@ -293,8 +298,11 @@ class ClassifierAlignmentPlugin(SupervisedPlugin):
             dataset = dataset.eval()
         batch_size = self.stats_batch_size or strategy.eval_mb_size or strategy.train_mb_size
         feature_extractor = model_part(strategy.model, self.features, "feature extractor")
-        return extract_features(feature_extractor, dataset, batch_size, strategy.device,
-                                cache=False, preprocess=False)
+        # under torch.distributed: this process's contiguous shard, then every
+        # process's rows in rank order (the one-process features, in order)
+        feats, targets = extract_features(feature_extractor, shard(dataset), batch_size,
+                                          strategy.device, cache=False, preprocess=False)
+        return all_gather_rows(feats), all_gather_rows(targets)
 
     def after_training_exp(self, strategy, **kwargs) -> None:
         """Store the experience's class statistics; from the second experience, align."""
@@ -332,6 +340,7 @@ class ClassifierAlignmentPlugin(SupervisedPlugin):
                 shrink=self.shrink_means,
             )
             self.alignment_losses.append(losses)
+            broadcast_from_rank0(list(head.parameters()))  # one head, even if GPU sums differ
         self.alignment_seconds.append(time.perf_counter() - start)
 
     def state_dict(self) -> dict:

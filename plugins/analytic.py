@@ -21,10 +21,12 @@ import torch
 from avalanche.core import SupervisedPlugin
 from avalanche.training import JointTraining
 from torch import nn
+from torch.utils.data import Subset
 
 from ..models.analytic import BufferLayer, RecursiveLeastSquares
 from ..models.arguments import check_int
 from ..models.classifier import model_part
+from ..models.distributed import equal_batches, is_distributed
 from ..models.features import iter_features
 from ..models.recursive_least_squares import DEFAULT_MAX_CLASSES
 
@@ -63,7 +65,7 @@ def check_integer_targets(data) -> None:
         )
 
 
-class AnalyticHeadPlugin(SupervisedPlugin):
+class AnalyticHeadPlugin(SupervisedPlugin, supports_distributed=True):
     """Fits a closed-form head on the trained backbone's features; answers evaluation with it.
 
     After each training experience the plugin passes that experience's training
@@ -226,10 +228,22 @@ class AnalyticHeadPlugin(SupervisedPlugin):
         finally:
             model.train(was_training)
 
+    def _batches(self, strategy, data, batch: int):
+        """``(features, targets)`` batches; under ``torch.distributed`` this process's exact
+        shard (:func:`~neve.models.distributed.equal_batches`: every item once over all
+        processes, the same number of batches on each, as the head's all-reduce needs)."""
+        def fn(x):
+            return self._features(strategy, x)
+
+        if not is_distributed():
+            yield from iter_features(fn, data, batch, strategy.device, progress=False)
+            return
+        for idx in equal_batches(len(data), batch):
+            yield from iter_features(fn, Subset(data, idx), len(idx), strategy.device,
+                                     progress=False)
+
     def _fit(self, strategy, data, batch: int) -> None:
-        batches = iter_features(
-            lambda x: self._features(strategy, x), data, batch, strategy.device, progress=False
-        )
+        batches = self._batches(strategy, data, batch)
         feats, y = next(batches, (None, None))
         if feats is None:
             return

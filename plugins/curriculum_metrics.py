@@ -19,6 +19,7 @@ from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
 from avalanche.training.supervised import JointTraining
 
+from ..models.distributed import all_reduce_sum, is_distributed
 from .curriculum_f import curriculum_effectiveness, effectiveness_f
 
 __all__ = ["CurriculumEffectiveness", "curriculum_effectiveness", "effectiveness_f"]
@@ -59,6 +60,8 @@ class CurriculumEffectiveness(PluginMetric[dict]):
 
     State is plain Python numbers (checkpoint-safe); see :meth:`state_dict`.
     """
+
+    supports_distributed = True  # counts summed over processes in after_eval
 
     def __init__(self) -> None:
         super().__init__()
@@ -118,6 +121,7 @@ class CurriculumEffectiveness(PluginMetric[dict]):
         self._total[key] = self._total.get(key, 0) + int(y.numel())
 
     def after_eval(self, strategy):
+        self._reduce_counts()
         per_stream: dict[str, dict[int, float]] = {}
         for (stream, j), acc in self.result().items():
             per_stream.setdefault(stream, {})[j] = acc
@@ -127,6 +131,23 @@ class CurriculumEffectiveness(PluginMetric[dict]):
         if self.trained_upto < 0:
             return None
         return self._record(per_stream, strategy)
+
+    def _reduce_counts(self) -> None:
+        """Under ``torch.distributed``: sum the counts of every process (sharded evaluation).
+
+        Every process evaluates the same experiences, so the keys agree. When every
+        process evaluated the whole experience (:class:`~neve.plugins.ExactShardsPlugin`),
+        numerator and denominator are both multiplied by the number of processes and the
+        accuracy is unchanged.
+        """
+        if not is_distributed():
+            return
+        keys = sorted(self._total)
+        counts = torch.tensor([[self._correct[k], self._total[k]] for k in keys],
+                              dtype=torch.long).reshape(-1, 2)
+        all_reduce_sum([counts])
+        for k, (correct, total) in zip(keys, counts.tolist(), strict=True):
+            self._correct[k], self._total[k] = correct, total
 
     def _record(self, per_stream: dict[str, dict[int, float]], strategy):
         """Store the accuracies as row ``trained_upto``; alpha, beta, F as MetricValues."""

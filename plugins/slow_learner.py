@@ -141,7 +141,7 @@ def _check_options(backbone_lr_scale: object, head: object, norm_stats: object,
         raise ValueError(f"norm_stats must be one of {NORM_STATS_MODES}, got {norm_stats!r}")
 
 
-class SlowLearnerPlugin(SupervisedPlugin):
+class SlowLearnerPlugin(SupervisedPlugin, supports_distributed=True):
     """SLCA's slow learner: the representation learns ``backbone_lr_scale`` times slower.
 
     Before each training experience (after Avalanche has adapted the model, e.g.

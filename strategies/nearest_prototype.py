@@ -23,6 +23,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 from avalanche.training.templates.base import _experiences_parameter_as_iterable
 
+from ..models.distributed import all_reduce_sum, exact_shard_loader, is_distributed
 from ..models.prototypes import DotProductNCM
 from .arguments import check_bool, check_device, check_int
 from .episodic import episode_evaluator
@@ -196,8 +197,30 @@ class NearestPrototype(SupervisedTemplate):
         """No optimiser: the class means are accumulated."""
 
     def _before_training_exp(self, **kwargs) -> None:
-        self._pending = (self.class_sums.clone(), self.class_counts.clone())
+        # under torch.distributed this process's sums start at zero and are summed
+        # over the processes, then added, when the experience ends
+        start = (self.class_sums, self.class_counts)
+        self._pending = tuple(torch.zeros_like(t) if is_distributed() else t.clone()
+                              for t in start)
         super()._before_training_exp(**kwargs)
+
+    def make_train_dataloader(self, **kwargs) -> None:
+        """Avalanche's loader; under ``torch.distributed`` this process's exact shard
+        (no ``DistributedSampler`` padding, which would count repeated items twice)."""
+        if not is_distributed():
+            return super().make_train_dataloader(**kwargs)
+        data = self.adapted_dataset
+        self.dataloader = exact_shard_loader(data, int(self.train_mb_size),
+                                             collate_fn=data.collate_fn)
+
+    def make_eval_dataloader(self, **kwargs) -> None:
+        """Avalanche's loader; under ``torch.distributed`` the whole experience in every
+        process (Avalanche does not reduce its metrics across processes)."""
+        if not is_distributed():
+            return super().make_eval_dataloader(**kwargs)
+        data = self.adapted_dataset
+        self.dataloader = torch.utils.data.DataLoader(
+            data, batch_size=int(self.eval_mb_size), shuffle=False, collate_fn=data.collate_fn)
 
     def training_epoch(self, **kwargs) -> None:
         dim = self.class_sums.shape[1]
@@ -227,6 +250,10 @@ class NearestPrototype(SupervisedTemplate):
             self._after_training_iteration(**kwargs)
 
     def _after_training_exp(self, **kwargs) -> None:
+        if is_distributed():
+            sums, counts = all_reduce_sum(self._pending)
+            self._pending = (self.class_sums + sums.to(self.class_sums.device),
+                             self.class_counts + counts.to(self.class_counts.device))
         self.class_sums, self.class_counts = self._pending
         self._pending = None
         self.model.replace_class_means_dict(class_means(self.class_sums, self.class_counts))

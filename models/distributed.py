@@ -1,0 +1,164 @@
+"""Small helpers over ``torch.distributed`` for neve's statistics (issue #14).
+
+Every helper is a no-op (or the identity) when no process group with more than
+one process is up, so the single-process path is unchanged. Collectives go
+through the process group's backend: tensors travel on CPU under gloo and on the
+current CUDA device under NCCL, and come back to the caller's device.
+
+Exactness: :func:`shard` splits a dataset into contiguous, disjoint parts (rank
+``r`` gets items ``[r N / W, (r + 1) N / W)``), so the parts concatenated in rank
+order are the dataset itself, without the padding of torch's
+``DistributedSampler`` (which repeats items to make the parts equal), and a sum
+reduced over the parts counts every item once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+
+def is_distributed() -> bool:
+    """True when a ``torch.distributed`` process group with more than one process is up."""
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world size)``; ``(0, 1)`` without a process group."""
+    if not is_distributed():
+        return 0, 1
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def _comm_device() -> torch.device:
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+    """Sum each tensor over all processes, in place (every process gets the sum).
+
+    Every process must call it with tensors of the same shapes and dtypes, in the
+    same order. Returns ``tensors``.
+    """
+    if not is_distributed():
+        return tensors
+    device = _comm_device()
+    for t in tensors:
+        moved = t.detach().to(device)
+        torch.distributed.all_reduce(moved)
+        t.copy_(moved)
+    return tensors
+
+
+def broadcast_from_rank0(tensors: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+    """Overwrite each tensor with rank 0's, in place; returns ``tensors``."""
+    if not is_distributed():
+        return tensors
+    device = _comm_device()
+    with torch.no_grad():
+        for t in tensors:
+            moved = t.detach().to(device)
+            torch.distributed.broadcast(moved, src=0)
+            t.copy_(moved)
+    return tensors
+
+
+def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate each process's ``[n_r, ...]`` tensor along dim 0, in rank order.
+
+    The row counts may differ between processes; the other dimensions and the
+    dtype must agree. The result is on ``tensor``'s device.
+    """
+    if not is_distributed():
+        return tensor
+    device = _comm_device()
+    world = torch.distributed.get_world_size()
+    size = torch.tensor([tensor.shape[0]], dtype=torch.long, device=device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    torch.distributed.all_gather(sizes, size)
+    counts = [int(s) for s in sizes]
+    longest = max(counts)
+    padded = tensor.new_zeros((longest, *tensor.shape[1:]), device=device)
+    padded[: tensor.shape[0]] = tensor.to(device)
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    torch.distributed.all_gather(parts, padded)
+    rows = torch.cat([p[:n] for p, n in zip(parts, counts, strict=True)])
+    return rows.to(tensor.device)
+
+
+def shard_range(n: int) -> range:
+    """This process's contiguous part ``[r n / W, (r + 1) n / W)`` of ``range(n)``."""
+    rank, world = rank_and_world()
+    return range(rank * n // world, (rank + 1) * n // world)
+
+
+def shard(dataset: Dataset) -> Dataset:
+    """This process's contiguous part of ``dataset`` (the dataset itself when not distributed).
+
+    The parts of all processes, concatenated in rank order, are ``dataset`` in its
+    order, each item once.
+    """
+    if not is_distributed():
+        return dataset
+    return Subset(dataset, list(shard_range(len(dataset))))
+
+
+def equal_batches(n: int, batch_size: int, *, shuffle: bool = False, seed: int = 0
+                  ) -> list[list[int]]:
+    """This process's batches of item indices of a dataset of ``n`` items.
+
+    The (optionally seeded-shuffled, the same permutation on every process) index
+    list is split as :func:`shard_range`; the part is cut into
+    ``ceil(ceil(n / W) / batch_size)`` batches of nearly equal size, the same
+    count on every process, so that per-batch collectives (the analytic head's
+    all-reduce) pair up. Every index of ``range(n)`` is in exactly one batch of one
+    process.
+
+    Raises:
+        ValueError: ``n`` smaller than the number of processes (a process would
+            have no item), or ``batch_size < 1``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rank, world = rank_and_world()
+    if n < world:
+        raise ValueError(
+            f"the dataset holds {n} items but there are {world} processes: every process "
+            "needs at least one item"
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle \
+        else torch.arange(n)
+    part = order[shard_range(n).start : shard_range(n).stop]
+    count = math.ceil(math.ceil(n / world) / batch_size)
+    batches = [b.tolist() for b in torch.tensor_split(part, count)]
+    if not all(batches):
+        raise ValueError(
+            f"batch_size={batch_size} leaves a process with an empty batch ({n} items, "
+            f"{world} processes); use batch_size >= 2"
+        )
+    return batches
+
+
+def exact_shard_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = False,
+                       seed: int = 0, **loader_args) -> DataLoader:
+    """A ``DataLoader`` over this process's :func:`equal_batches` of ``dataset``.
+
+    Without a process group: every item in batches of ``batch_size`` (shuffled when
+    ``shuffle``), as a plain loader. ``loader_args`` go to ``DataLoader`` (e.g.
+    ``collate_fn``, ``num_workers``).
+    """
+    if not is_distributed():
+        gen = torch.Generator().manual_seed(seed)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
+                          **loader_args)
+    batches = equal_batches(len(dataset), batch_size, shuffle=shuffle, seed=seed)
+    return DataLoader(dataset, batch_sampler=batches, **loader_args)
