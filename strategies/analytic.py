@@ -19,6 +19,7 @@ from torch import nn
 
 from ..models.analytic import AnalyticClassifier, distributed_active
 from ..models.recursive_least_squares import DEFAULT_MAX_CLASSES
+from ..plugins.distributed import ExactShardsPlugin
 from .arguments import check_device, check_int, check_number
 from .gradient_free import check_gradient_free
 
@@ -132,6 +133,11 @@ class AnalyticCIL(SupervisedTemplate):
         device = check_device(device)
         check_gradient_free(plugins or [], "AnalyticCIL")
         check_exemplar_free(plugins)
+        plugins = list(plugins or [])
+        if not any(isinstance(p, ExactShardsPlugin) for p in plugins):
+            # under torch.distributed: disjoint shards without the sampler's padding, so the
+            # summed statistics count every sample once (a no-op in one process)
+            plugins.append(ExactShardsPlugin())
         if train_epochs != 1:
             raise ValueError(
                 f"train_epochs is fixed to 1 in AnalyticCIL, got {train_epochs!r}: the "
