@@ -11,7 +11,7 @@ import copy
 from collections.abc import Callable
 
 import torch
-from avalanche.training.plugins import EvaluationPlugin, GDumbPlugin, GSS_greedyPlugin
+from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.plugins.evaluation import default_evaluator
 from avalanche.training.templates import SupervisedTemplate
 from avalanche.training.templates.base import BasePlugin
@@ -21,26 +21,7 @@ from ..models.analytic import AnalyticClassifier, distributed_active
 from ..models.recursive_least_squares import DEFAULT_MAX_CLASSES
 from ..plugins.distributed import ExactShardsPlugin
 from .arguments import check_device, check_int, check_number
-from .gradient_free import check_gradient_free
-
-
-def check_exemplar_free(plugins, strategy: str = "AnalyticCIL") -> None:
-    """Refuse plugins that feed stored exemplars (ReplayPlugin and the like) by name.
-
-    The closed-form head counts every sample it is given: a replayed sample would
-    be counted once more per replay, and the head would no longer be the joint
-    ridge solution (ACIL eq. 6). ACIL is exemplar-free.
-    """
-    for plugin in plugins or ():
-        if isinstance(plugin, (GDumbPlugin, GSS_greedyPlugin)) or hasattr(
-            plugin, "storage_policy"
-        ):
-            raise ValueError(
-                f"plugins: {type(plugin).__name__} replays stored samples, but {strategy} "
-                "counts every sample it is given, so replayed samples would be learned twice "
-                "and the head would no longer be the joint ridge solution; it is "
-                "exemplar-free: remove the plugin"
-            )
+from .gradient_free import check_exemplar_free, check_gradient_free
 
 
 class AnalyticCIL(SupervisedTemplate):
@@ -132,7 +113,7 @@ class AnalyticCIL(SupervisedTemplate):
         check_int(eval_mb_size, "eval_mb_size", minimum=1)
         device = check_device(device)
         check_gradient_free(plugins or [], "AnalyticCIL")
-        check_exemplar_free(plugins)
+        check_exemplar_free(plugins, "AnalyticCIL")
         plugins = list(plugins or [])
         if not any(isinstance(p, ExactShardsPlugin) for p in plugins):
             # under torch.distributed: disjoint shards without the sampler's padding, so the

@@ -1,4 +1,6 @@
-"""The rule for strategies without gradients: refuse plugins that need them (issue #11.7).
+"""Rules for gradient-free, exemplar-free strategies: refuse plugins they cannot honour.
+
+Issue #11.7 (gradients) and #11.10 (replay).
 
 A gradient-free strategy (no loss to backpropagate, no optimizer) runs
 Avalanche's gradient-time callbacks never, so a plugin that works there is a
@@ -22,6 +24,8 @@ from avalanche.logging import BaseLogger
 from avalanche.training.plugins import (
     EWCPlugin,
     FromScratchTrainingPlugin,
+    GDumbPlugin,
+    GSS_greedyPlugin,
     LRSchedulerPlugin,
     LwFPlugin,
     MASPlugin,
@@ -77,4 +81,24 @@ def check_gradient_free(plugins: Iterable[object], strategy: str) -> None:
                 f"plugins: {type(plugin).__name__} needs gradients ({reason}), but "
                 f"{strategy} is gradient-free (no loss, no optimizer); it would crash or "
                 "do nothing. Remove it, or use a gradient strategy (e.g. Naive)"
+            )
+
+
+def check_exemplar_free(plugins: Iterable[object] | None, strategy: str) -> None:
+    """Refuse plugins that feed stored exemplars (ReplayPlugin and the like) by name.
+
+    A strategy that sums what it is given (AnalyticCIL's closed-form head, ACIL
+    eq. 6; NearestPrototype's class sums) would count a replayed sample once more
+    per replay and no longer equal its joint solution on the stream's data. Both
+    are exemplar-free.
+    """
+    for plugin in plugins or ():
+        if isinstance(plugin, (GDumbPlugin, GSS_greedyPlugin)) or hasattr(
+            plugin, "storage_policy"
+        ):
+            raise ValueError(
+                f"plugins: {type(plugin).__name__} replays stored samples, but {strategy} "
+                "counts every sample it is given, so replayed samples would be learned twice "
+                "and it would no longer equal its solution on the stream's data; it is "
+                "exemplar-free: remove the plugin"
             )

@@ -27,7 +27,7 @@ from ..models.distributed import all_reduce_sum, exact_shard_loader, is_distribu
 from ..models.prototypes import DotProductNCM
 from .arguments import check_bool, check_device, check_int
 from .episodic import episode_evaluator
-from .gradient_free import check_gradient_free
+from .gradient_free import check_exemplar_free, check_gradient_free
 
 
 def add_class_sums(
@@ -83,6 +83,17 @@ def prototype_scores(
     else:
         scores[:, seen] = -torch.cdist(x.double(), means.double())
     return scores.float()
+
+
+class _WithClasses:
+    """An experience seen through a view that adds ``classes_in_this_experience``."""
+
+    def __init__(self, experience, classes: list[int]) -> None:
+        self._experience = experience
+        self.classes_in_this_experience = classes
+
+    def __getattr__(self, name: str):
+        return getattr(self._experience, name)
 
 
 class NearestPrototype(SupervisedTemplate):
@@ -154,6 +165,7 @@ class NearestPrototype(SupervisedTemplate):
             )
         plugins = list(plugins or [])
         check_gradient_free(plugins, "NearestPrototype")
+        check_exemplar_free(plugins, "NearestPrototype")
         super().__init__(
             model=(DotProductNCM if scoring == "dot" else NCMClassifier)(normalize=normalize),
             optimizer=None,  # type: ignore[arg-type]
@@ -176,6 +188,7 @@ class NearestPrototype(SupervisedTemplate):
         """Avalanche's ``train``, after checking every experience's items and labels first."""
         experiences = list(_experiences_parameter_as_iterable(experiences))
         check_gradient_free(self.plugins, "NearestPrototype")
+        check_exemplar_free(self.plugins, "NearestPrototype")
         for exp in experiences:
             self._check_experience(exp)
         return super().train(experiences, eval_streams, **kwargs)
@@ -195,6 +208,20 @@ class NearestPrototype(SupervisedTemplate):
 
     def make_optimizer(self, **kwargs) -> None:
         """No optimiser: the class means are accumulated."""
+
+    def model_adaptation(self, model=None):
+        """Avalanche's adaptation; an experience without a class timeline (e.g. from
+        ``benchmark_from_datasets``) gets its classes from its targets, which
+        ``NCMClassifier`` reads."""
+        experience = self.experience
+        if experience is not None and not hasattr(experience, "classes_in_this_experience"):
+            classes = sorted({int(t) for t in experience.dataset.targets})
+            self.experience = _WithClasses(experience, classes)
+            try:
+                return super().model_adaptation(model)
+            finally:
+                self.experience = experience
+        return super().model_adaptation(model)
 
     def _before_training_exp(self, **kwargs) -> None:
         # under torch.distributed this process's sums start at zero and are summed

@@ -684,10 +684,6 @@ AVALANCHE_BUGS = {
 # cells whose fix has not landed: {(row, col): finding}
 NOT_FIXED: dict[tuple[str, str], str] = {
     # found by this matrix, not among #11's findings
-    ("NearestPrototype", "Replay"): "new (as #11.10): NearestPrototype counts replayed samples",
-    ("NearestPrototype", "GDumb"): "new (as #11.10): NearestPrototype counts GDumb's buffer",
-    ("NearestPrototype", "benchmark_from_datasets"):
-        "new (as #11.5): bare AttributeError from NCMClassifier without a class timeline",
 }
 
 
