@@ -10,12 +10,16 @@ from .episodic import (
 )
 from .nearest_prototype import NearestPrototype
 from .slca import SLCA
+from .slca_settings import PAPER_SETTINGS, SLCASettings, paper_slca
 
 __all__: list[str] = [
     "AnalyticCIL",
     "NearestPrototype",
     "RecentSetsBuffer",
+    "PAPER_SETTINGS",
     "SLCA",
+    "SLCASettings",
+    "paper_slca",
     "episode_evaluator",
     "paper_replay_settings",
     "pretrain_tune",
