@@ -181,15 +181,26 @@ def test_gradient_plugins_are_refused_by_name(plugin):
                                   strategy.model.state_dict()))
 
 
-def test_plugins_without_gradients_are_accepted():
+def test_plugins_without_gradients_are_accepted_and_replay_is_refused():
     x, y = _features()
-    replay = ReplayPlugin(mem_size=10)
-    strategy = NearestPrototype(num_classes=6, feature_dim=5, plugins=[replay],
+
+    class _Counter(SupervisedPlugin):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def after_training_exp(self, strategy, **kwargs):
+            self.calls += 1
+
+    counter = _Counter()
+    strategy = NearestPrototype(num_classes=6, feature_dim=5, plugins=[counter],
                                 evaluator=default_evaluator())
     for exp in _class_split(x, y, 3).train_stream:
         strategy.train(exp)
-    assert int(strategy.class_counts.sum()) > len(y)  # replayed items are counted again
-    assert len(replay.storage_policy.buffer) == 10
+    assert counter.calls == 3 and int(strategy.class_counts.sum()) == len(y)
+    # replayed items would be counted twice in the class means: refused by name
+    assert_refused(lambda: NearestPrototype(num_classes=6, feature_dim=5,
+                                            plugins=[ReplayPlugin(mem_size=10)]), "ReplayPlugin")
 
 
 # ----------------------------------------------------------------------------- bad inputs
