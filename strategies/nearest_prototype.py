@@ -250,6 +250,27 @@ class NearestPrototype(SupervisedTemplate):
             data, batch_size=int(self.eval_mb_size), shuffle=False, collate_fn=data.collate_fn)
 
     def training_epoch(self, **kwargs) -> None:
+        """One pass over the experience; under ``torch.distributed`` a bad batch on any
+        process is refused on every process (an agreed flag), so none waits forever
+        in the sums' all-reduce."""
+        if not is_distributed():
+            return self._accumulate_epoch(**kwargs)
+        error: ValueError | None = None
+        try:
+            self._accumulate_epoch(**kwargs)
+        except ValueError as err:
+            error = err
+        (failed,) = all_reduce_sum([torch.tensor([0.0 if error is None else 1.0])])
+        if error is not None:
+            raise error
+        if float(failed) > 0:
+            self._pending = None
+            raise ValueError(
+                "experiences: another process refused a batch of this experience (see its "
+                "error); nothing of this experience was learned"
+            )
+
+    def _accumulate_epoch(self, **kwargs) -> None:
         dim = self.class_sums.shape[1]
         for mbatch in self.dataloader:
             self.mbatch = mbatch
