@@ -94,7 +94,12 @@ def model_part(model: nn.Module, name: str, what: str) -> nn.Module:
         model: the strategy's model.
         name: attribute path, e.g. ``"features"`` or ``"classifier"``.
         what: what the part is for (``"feature extractor"``, ``"head"``), for the error.
+
+    A model wrapped in ``DistributedDataParallel`` or ``DataParallel`` is looked up
+    inside its wrapper.
     """
+    if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+        model = model.module  # the contract is the wrapped model's
     try:
         module = model.get_submodule(name)
     except AttributeError:

@@ -1,4 +1,5 @@
-"""The one frozen-feature pass: modes restored, no RNG drawn twice, no silent truncation."""
+"""Shared model helpers: the one frozen-feature pass (modes restored, one RNG draw, no silent
+truncation) and the model-contract lookup."""
 
 import pytest
 import torch
@@ -38,3 +39,13 @@ def test_feature_pass_draws_one_loader_seed_from_the_global_rng():
     torch.manual_seed(0)
     iter(torch.utils.data.DataLoader(data, batch_size=4))  # one plain loader iterator
     assert torch.equal(after_pass, torch.rand(1))
+
+
+def test_model_part_looks_inside_a_data_parallel_wrapper():
+    from neve.models import PretrainedClassifier, model_part
+
+    model = PretrainedClassifier(torch.nn.Linear(3, 4), num_classes=2, feature_dim=4)
+    wrapped = torch.nn.DataParallel(model)
+    assert model_part(wrapped, "classifier", "head") is model.classifier
+    with pytest.raises(ValueError, match="'head'"):
+        model_part(wrapped, "head", "head")
