@@ -6,9 +6,9 @@ change nothing, so the statistics are only touched after every check passed.
 
 from __future__ import annotations
 
-import math
-
 import torch
+
+from .arguments import check_number
 
 COVARIANCE_KINDS = ("full", "diagonal", "shared")
 
@@ -19,10 +19,7 @@ def check_covariance(covariance: object) -> None:
 
 
 def check_ridge(ridge: object) -> None:
-    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)):
-        raise TypeError(f"ridge must be a finite number > 0, got {ridge!r}")
-    if not math.isfinite(ridge) or ridge <= 0:
-        raise ValueError(f"ridge must be a finite number > 0, got {ridge!r}")
+    check_number(ridge, "ridge", positive=True)
 
 
 def check_update_inputs(

@@ -7,31 +7,13 @@ The math of SLCA's classifier alignment, pure functions on a head ``nn.Module``
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .arguments import check_int, check_number
 from .drift import shrink_factors
 from .gaussians import ClassGaussianStats
-
-
-def check_int(name: str, value: object, low: int) -> None:
-    """A ValueError/TypeError naming ``name`` unless ``value`` is an int (not bool) >= ``low``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {low}, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-
-
-def check_number(name: str, value: object, *, positive: bool) -> None:
-    """A ValueError/TypeError naming ``name`` unless ``value`` is a finite number > 0 (>= 0)."""
-    bound = "> 0" if positive else ">= 0"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a finite number {bound}, got {value!r}")
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
 
 
 def alignment_batch_size(
@@ -45,11 +27,11 @@ def alignment_batch_size(
     ``ceil(num_samples / b) >= min_steps`` unless ``num_samples < min_steps``
     (one sample a step).
     """
-    check_int("num_samples", num_samples, 1)
-    check_int("min_steps", min_steps, 1)
-    check_int("largest", largest, 1)
+    check_int(num_samples, "num_samples", minimum=1)
+    check_int(min_steps, "min_steps", minimum=1)
+    check_int(largest, "largest", minimum=1)
     if batch_size is not None:
-        check_int("batch_size", batch_size, 1)
+        check_int(batch_size, "batch_size", minimum=1)
         return batch_size
     return min(largest, max(1, num_samples // min_steps))
 
@@ -145,13 +127,13 @@ def align_head(
     Returns:
         The mean loss of each epoch.
     """
-    check_int("samples_per_class", samples_per_class, 1)
-    check_int("epochs", epochs, 0)
-    check_int("batch_size", batch_size, 1)
-    check_number("lr", lr, positive=True)
-    check_number("temperature", temperature, positive=True)
-    check_number("momentum", momentum, positive=False)
-    check_number("weight_decay", weight_decay, positive=False)
+    check_int(samples_per_class, "samples_per_class", minimum=1)
+    check_int(epochs, "epochs", minimum=0)
+    check_int(batch_size, "batch_size", minimum=1)
+    check_number(lr, "lr", positive=True)
+    check_number(temperature, "temperature", positive=True)
+    check_number(momentum, "momentum", positive=False)
+    check_number(weight_decay, "weight_decay", positive=False)
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {generator!r}")
     if not stats.classes:

@@ -22,19 +22,14 @@ from avalanche.training.supervised import JointTraining
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..models.arguments import check_int, check_number
 from ..models.classifier import model_part
 from ..models.distributed import all_gather_rows, broadcast_from_rank0, shard
 from ..models.drift import sdc_shifts
 from ..models.features import extract_features
 from ..models.gaussian_state import check_covariance, check_ridge, checked_state
 from ..models.gaussians import ClassGaussianStats
-from ..models.head_alignment import (
-    align_head,
-    alignment_batch_size,
-    check_int,
-    check_number,
-    restore_leading_slices,
-)
+from ..models.head_alignment import align_head, alignment_batch_size, restore_leading_slices
 
 # the plugin's options, as stored under "options" by state_dict (covariance and
 # ridge are stored with the statistics)
@@ -68,15 +63,15 @@ def check_options(options: dict) -> None:
     ints = {"samples_per_class": 1, "epochs": 0, "min_steps": 1, "seed": 0}
     for name, low in ints.items():
         if name in options:
-            check_int(name, options[name], low)
+            check_int(options[name], name, minimum=low)
     for name in ("lr", "temperature"):
         if name in options:
-            check_number(name, options[name], positive=True)
+            check_number(options[name], name, positive=True)
     for name in ("momentum", "weight_decay"):
         if name in options:
-            check_number(name, options[name], positive=False)
+            check_number(options[name], name, positive=False)
     if "drift_sigma" in options:
-        check_number("drift_sigma", options["drift_sigma"], positive=True)
+        check_number(options["drift_sigma"], "drift_sigma", positive=True)
     for name in ("keep_aligned", "logit_norm", "check_data", "drift_compensation",
                  "shrink_means"):
         if name in options and not isinstance(options[name], bool):
@@ -87,7 +82,7 @@ def check_options(options: dict) -> None:
                              f"{options[name]!r}")
     for name in ("batch_size", "stats_batch_size"):
         if options.get(name) is not None:
-            check_int(name, options[name], 1)
+            check_int(options[name], name, minimum=1)
 
 
 def check_single_head(head: nn.Module, name: str = "classifier") -> None:
@@ -364,7 +359,7 @@ class ClassifierAlignmentPlugin(SupervisedPlugin, supports_distributed=True):
         check_options(options)
         stats = checked_state(state["stats"])
         seen = state["experiences_seen"]
-        check_int("experiences_seen", seen, 0)
+        check_int(seen, "experiences_seen", minimum=0)
         head = state["unaligned_head"]
         if head is not None and not all(isinstance(v, torch.Tensor) for v in head.values()):
             raise ValueError("state['unaligned_head'] must be None or a dict of tensors")

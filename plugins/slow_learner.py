@@ -11,12 +11,11 @@ The head is found on the model by attribute name (neve's model contract,
 
 from __future__ import annotations
 
-import math
-
 import torch
 from avalanche.core import SupervisedPlugin
 from torch import nn
 
+from ..models.arguments import check_int, check_number
 from ..models.classifier import model_part
 from .training_modes import (
     backbone_to_eval,
@@ -119,22 +118,11 @@ def _check_options(backbone_lr_scale: object, head: object, norm_stats: object,
     """A ValueError/TypeError naming the first bad option of :class:`SlowLearnerPlugin`."""
     if head_init not in HEAD_INITS:
         raise ValueError(f"head_init must be one of {HEAD_INITS}, got {head_init!r}")
-    std_ok = isinstance(head_init_std, (int, float)) and not isinstance(head_init_std, bool)
-    if not std_ok or not math.isfinite(head_init_std) or head_init_std <= 0:
-        raise ValueError(f"head_init_std must be a finite number > 0, got {head_init_std!r}")
+    check_number(head_init_std, "head_init_std", positive=True)
     if not isinstance(reset_optimizer, bool):
         raise TypeError(f"reset_optimizer must be True or False, got {reset_optimizer!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    number = isinstance(backbone_lr_scale, (int, float)) and not isinstance(backbone_lr_scale, bool)
-    if not number:
-        raise TypeError(
-            f"backbone_lr_scale must be a finite number >= 0, got {backbone_lr_scale!r}"
-        )
-    if not math.isfinite(backbone_lr_scale) or backbone_lr_scale < 0:
-        raise ValueError(
-            f"backbone_lr_scale must be a finite number >= 0, got {backbone_lr_scale!r}"
-        )
+    check_int(seed, "seed", minimum=0)
+    check_number(backbone_lr_scale, "backbone_lr_scale", positive=False)
     if not isinstance(head, str) or not head:
         raise ValueError(f"head must be an attribute name, got {head!r}")
     if not isinstance(norm_stats, str) or norm_stats not in NORM_STATS_MODES:

@@ -13,8 +13,8 @@ from avalanche.training.templates.strategy_mixin_protocol import CriterionType
 from torch.nn import CrossEntropyLoss, Module
 from torch.optim import Optimizer
 
+from ..models.arguments import check_int
 from ..models.classifier import model_part
-from ..models.head_alignment import check_int
 from ..plugins.alignment import ClassifierAlignmentPlugin, check_single_head
 from ..plugins.slow_learner import SlowLearnerPlugin
 from ..plugins.training_modes import experience_classes
@@ -28,10 +28,10 @@ def _check_arguments(model, optimizer, train_mb_size, train_epochs, eval_mb_size
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {optimizer!r}")
-    check_int("train_mb_size", train_mb_size, 1)
-    check_int("train_epochs", train_epochs, 1)
+    check_int(train_mb_size, "train_mb_size", minimum=1)
+    check_int(train_epochs, "train_epochs", minimum=1)
     if eval_mb_size is not None:
-        check_int("eval_mb_size", eval_mb_size, 1)
+        check_int(eval_mb_size, "eval_mb_size", minimum=1)
     if not isinstance(current_classes_loss, bool):
         raise TypeError(f"current_classes_loss must be True or False, got {current_classes_loss!r}")
 
