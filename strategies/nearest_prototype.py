@@ -25,6 +25,7 @@ from avalanche.training.templates.base import _experiences_parameter_as_iterable
 
 from ..models.distributed import all_reduce_sum, exact_shard_loader, is_distributed
 from ..models.prototypes import DotProductNCM
+from ..plugins.training_modes import experience_classes
 from .arguments import check_bool, check_device, check_int
 from .episodic import episode_evaluator
 from .gradient_free import check_exemplar_free, check_gradient_free
@@ -215,8 +216,7 @@ class NearestPrototype(SupervisedTemplate):
         ``NCMClassifier`` reads."""
         experience = self.experience
         if experience is not None and not hasattr(experience, "classes_in_this_experience"):
-            classes = sorted({int(t) for t in experience.dataset.targets})
-            self.experience = _WithClasses(experience, classes)
+            self.experience = _WithClasses(experience, experience_classes(experience))
             try:
                 return super().model_adaptation(model)
             finally:
