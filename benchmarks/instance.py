@@ -60,10 +60,6 @@ def _indices_by_class(dataset: Dataset) -> dict[int, np.ndarray]:
     return {int(c): np.flatnonzero(targets == c) for c in np.unique(targets)}
 
 
-def _positive_int(name: str, value: int) -> int:
-    return check_int(value, name, minimum=1)
-
-
 def _stack_images(dataset: Dataset, indices: Sequence[int]) -> torch.Tensor:
     return torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in indices])
 
@@ -165,9 +161,9 @@ def instance_test_episodes(
     Raises:
         ValueError: on bad arguments, checked when called (not at the first episode).
     """
-    n_episodes = _positive_int("n_episodes", n_episodes)
-    n = _positive_int("images_per_episode", images_per_episode)
-    s = _positive_int("support_sets", support_sets)
+    n_episodes = check_int(n_episodes, "n_episodes", minimum=1)
+    n = check_int(images_per_episode, "images_per_episode", minimum=1)
+    s = check_int(support_sets, "support_sets", minimum=1)
     if n % s:
         raise ValueError(
             f"support_sets={s} must divide images_per_episode={n} "
@@ -245,12 +241,12 @@ def cfsl_episodes(
         corruption, severity, seed: as for :func:`instance_test_episodes`.
         class_interval: consecutive support sets that show each class, >= 1.
     """
-    n_episodes = _positive_int("n_episodes", n_episodes)
-    n_classes = _positive_int("n_classes", n_classes)
-    shots = _positive_int("shots", shots)
-    s = _positive_int("support_sets", support_sets)
-    query_shots = shots if query_shots is None else _positive_int("query_shots", query_shots)
-    interval = _positive_int("class_interval", class_interval)
+    n_episodes = check_int(n_episodes, "n_episodes", minimum=1)
+    n_classes = check_int(n_classes, "n_classes", minimum=1)
+    shots = check_int(shots, "shots", minimum=1)
+    s = check_int(support_sets, "support_sets", minimum=1)
+    query_shots = shots if query_shots is None else check_int(query_shots, "query_shots", minimum=1)
+    interval = check_int(class_interval, "class_interval", minimum=1)
     if s % interval:
         raise ValueError(f"class_interval={interval} must divide support_sets={s}")
     groups = s // interval
