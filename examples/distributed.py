@@ -14,7 +14,9 @@ processes:
 
 * ``analytic``: AnalyticCIL's head weights (its statistics summed over processes);
 * ``slca``: SLCA's class means and covariances (backbone frozen unless
-  ``--finetune``; features gathered over processes; the head trained with DDP);
+  ``--finetune``, then also the backbone's and head's weights); features
+  gathered over processes; trained with DDP on the same global batches of 16
+  for any number of processes that divides 16 (``GlobalBatchPlugin``);
 * ``curriculum``: the Curriculum Designer's distance matrix (teacher features
   gathered over processes).
 
@@ -39,6 +41,7 @@ from neve.plugins import (
     DDPPlugin,
     SlowLearnerPlugin,
 )
+from neve.plugins.distributed import GlobalBatchPlugin
 from neve.strategies import SLCA, AnalyticCIL
 
 FEATURES = 32
@@ -91,8 +94,8 @@ def slca(bm, device, args) -> tuple[dict, list[float]]:
         evaluator=evaluator(),
         slow_learner=SlowLearnerPlugin(0.1),
         alignment=ClassifierAlignmentPlugin(samples_per_class=32, epochs=2, seed=args.seed),
-        plugins=[DDPPlugin()],
-    )
+        plugins=[GlobalBatchPlugin(seed=args.seed), DDPPlugin()],
+    )  # train_mb_size is the global batch: 16 / N items per process
     seconds = run_stream(strategy, bm)
     stats = strategy.alignment.stats
     classes = stats.classes
@@ -101,6 +104,9 @@ def slca(bm, device, args) -> tuple[dict, list[float]]:
         "means": torch.stack([stats.means[c] for c in classes]),
         "covariances": torch.stack([stats.covariance_of(c) for c in classes]),
     }
+    if args.finetune:
+        out.update({f"backbone.{k}": v for k, v in model.features.state_dict().items()})
+        out.update({f"head.{k}": v for k, v in model.classifier.state_dict().items()})
     return out, seconds
 
 

@@ -11,6 +11,11 @@ model unwrapped and does not reduce its metrics. Two plugins fill the gaps:
   whole experience in every process, so every metric (Avalanche's accuracy,
   :class:`~neve.plugins.CurriculumEffectiveness`) is the one-process value. For
   strategies that learn sums (:class:`~neve.strategies.AnalyticCIL`).
+* :class:`GlobalBatchPlugin`: training batches for DDP that do not depend on the
+  number of processes: each process gets its ``1/W`` part of the same seeded
+  global mini-batches of ``train_mb_size`` items (also in one process), and its
+  loss is weighted so that DDP's averaged gradient is the gradient of the mean
+  loss over the global batch, i.e. the one-process SGD step up to rounding.
 * :class:`DDPPlugin`: wraps the model in ``DistributedDataParallel``
   (``DistributedHelper.wrap_model``) for each training epoch and unwraps it after,
   so a head that grew (``IncrementalClassifier``) or new optimizer parameter
@@ -20,12 +25,13 @@ model unwrapped and does not reduce its metrics. Two plugins fill the gaps:
 
 from __future__ import annotations
 
+import torch
 from avalanche.core import SupervisedPlugin
 from avalanche.distributed import DistributedHelper
 from torch.utils.data import DataLoader
 
 from ..models.arguments import check_int
-from ..models.distributed import exact_shard_loader, is_distributed
+from ..models.distributed import exact_shard_loader, is_distributed, rank_and_world
 
 
 def _collate(dataset) -> dict:
@@ -77,6 +83,104 @@ class ExactShardsPlugin(SupervisedPlugin, supports_distributed=True):
     def load_state_dict(self, state: dict) -> None:
         self.seed = check_int(state["seed"], "state's seed", minimum=0)
         self.shuffle = bool(state["shuffle"])
+
+
+def global_batch_part(order: torch.Tensor, batch_size: int, rank: int, world: int
+                      ) -> tuple[list[list[int]], list[float]]:
+    """Process ``rank``'s part of each global mini-batch, and its loss weight.
+
+    ``order`` (``[n]`` item indices) is cut into global batches of ``batch_size``
+    (the last one shorter); each is split into ``world`` contiguous parts of sizes
+    differing by at most one (``torch.tensor_split``), and process ``rank`` takes
+    part ``rank``. With ``n_r`` items out of a global batch of ``n``, the weight is
+    ``n_r * world / n``: DDP averages ``world`` gradients, so
+    ``(1/world) sum_r w_r grad(mean_r) = (1/n) sum_i grad(loss_i)``, the gradient
+    of the mean loss over the global batch. A part left empty (a last batch
+    shorter than ``world``) gets the batch's first item with weight 0, so every
+    process runs the same number of forward/backward passes.
+
+    Returns:
+        ``(batches, weights)``: one list of indices and one float per global batch.
+    """
+    batches, weights = [], []
+    for batch in torch.split(order, batch_size):
+        part = torch.tensor_split(batch, world)[rank]
+        if len(part) == 0:
+            batches.append(batch[:1].tolist())
+            weights.append(0.0)
+        else:
+            batches.append(part.tolist())
+            weights.append(len(part) * world / len(batch))
+    return batches, weights
+
+
+class GlobalBatchPlugin(SupervisedPlugin, supports_distributed=True):
+    """The same global mini-batches for any number of processes, for DDP training.
+
+    ``train_mb_size`` is the global batch: with ``W`` processes each trains on
+    ``train_mb_size / W`` items of it (a ValueError when ``W`` does not divide
+    ``train_mb_size``). Each epoch, ``strategy.dataloader`` is replaced by a loader
+    over ``adapted_dataset`` that draws a permutation from a generator seeded with
+    ``seed + experience index`` (the same draws on every process, a new
+    permutation each epoch, as one process's shuffling loader) and yields this
+    process's :func:`global_batch_part`; ``before_backward`` multiplies
+    ``strategy.loss`` by the part's weight. Active in one process too (weight 1),
+    so one process and ``W`` processes see the same global batches, without
+    ``DistributedSampler``'s padding (repeated items) or its fixed seed.
+
+    With :class:`DDPPlugin` (gradients averaged over processes), every process
+    takes the one-process SGD step up to rounding, provided the loss is a mean
+    over the items of the batch (``CrossEntropyLoss()``; SLCA's current-class
+    loss when every item is of the current classes, i.e. without replay, since
+    ignored targets change a part's count) and the model has no batch-norm or
+    dropout in training mode (batch statistics and random masks differ per part).
+    The loss that metrics see is the weighted one. Evaluation loaders are left
+    as Avalanche makes them.
+
+    Args:
+        seed: seed of the training permutations.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.seed = check_int(seed, "seed", minimum=0)
+        self._generator: torch.Generator | None = None
+        self._weights: list[float] = []
+        self._iteration = 0
+
+    def before_training_exp(self, strategy, **kwargs) -> None:
+        _, world = rank_and_world()
+        size = int(strategy.train_mb_size)
+        if size % world:
+            raise ValueError(
+                f"train_mb_size={size} is the global batch and must divide by the "
+                f"{world} processes (each takes train_mb_size / {world} items)"
+            )
+        index = int(getattr(strategy.experience, "current_experience", 0) or 0)
+        self._generator = torch.Generator().manual_seed(self.seed + index)
+
+    def before_training_epoch(self, strategy, **kwargs) -> None:
+        rank, world = rank_and_world()
+        data = strategy.adapted_dataset
+        order = torch.randperm(len(data), generator=self._generator)
+        batches, self._weights = global_batch_part(order, int(strategy.train_mb_size),
+                                                   rank, world)
+        self._iteration = 0
+        strategy.dataloader = DataLoader(data, batch_sampler=batches, **_collate(data))
+
+    def before_backward(self, strategy, **kwargs) -> None:
+        weight = self._weights[self._iteration]
+        if weight != 1.0:
+            strategy.loss = strategy.loss * weight
+
+    def after_training_iteration(self, strategy, **kwargs) -> None:
+        self._iteration += 1
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed = check_int(state["seed"], "state's seed", minimum=0)
 
 
 class DDPPlugin(SupervisedPlugin, supports_distributed=True):
