@@ -39,9 +39,9 @@ from neve.models import PretrainedClassifier
 from neve.plugins import (
     ClassifierAlignmentPlugin,
     DDPPlugin,
+    GlobalBatchPlugin,
     SlowLearnerPlugin,
 )
-from neve.plugins.distributed import GlobalBatchPlugin
 from neve.strategies import SLCA, AnalyticCIL
 
 FEATURES = 32

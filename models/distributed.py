@@ -59,6 +59,36 @@ def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
     return tensors
 
 
+def all_reduce_max(tensors: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+    """Elementwise maximum of each tensor over all processes, in place; returns ``tensors``."""
+    if not is_distributed():
+        return tensors
+    device = _comm_device()
+    for t in tensors:
+        moved = t.detach().to(device)
+        torch.distributed.all_reduce(moved, op=torch.distributed.ReduceOp.MAX)
+        t.copy_(moved)
+    return tensors
+
+
+def raise_everywhere(error: Exception | None, elsewhere: str) -> None:
+    """Raise on every process when any process has an ``error`` (one all-reduce).
+
+    The process that has ``error`` raises it; the others raise
+    ``ValueError(elsewhere)``, so no process goes on to a collective that the
+    failed one never reaches. Without a process group: raises ``error`` if any.
+    """
+    if not is_distributed():
+        if error is not None:
+            raise error
+        return
+    (failed,) = all_reduce_sum([torch.tensor([0.0 if error is None else 1.0])])
+    if error is not None:
+        raise error
+    if float(failed) > 0:
+        raise ValueError(elsewhere)
+
+
 def broadcast_from_rank0(tensors: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
     """Overwrite each tensor with rank 0's, in place; returns ``tensors``."""
     if not is_distributed():
@@ -162,3 +192,32 @@ def exact_shard_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = Fal
                           **loader_args)
     batches = equal_batches(len(dataset), batch_size, shuffle=shuffle, seed=seed)
     return DataLoader(dataset, batch_sampler=batches, **loader_args)
+
+
+def global_batch_part(order: torch.Tensor, batch_size: int, rank: int, world: int
+                      ) -> tuple[list[list[int]], list[float]]:
+    """Process ``rank``'s part of each global mini-batch, and its loss weight.
+
+    ``order`` (``[n]`` item indices) is cut into global batches of ``batch_size``
+    (the last one shorter); each is split into ``world`` contiguous parts of sizes
+    differing by at most one (``torch.tensor_split``), and process ``rank`` takes
+    part ``rank``. With ``n_r`` items out of a global batch of ``n``, the weight is
+    ``n_r * world / n``: DDP averages ``world`` gradients, so
+    ``(1/world) sum_r w_r grad(mean_r) = (1/n) sum_i grad(loss_i)``, the gradient
+    of the mean loss over the global batch. A part left empty (a last batch
+    shorter than ``world``) gets the batch's first item with weight 0, so every
+    process runs the same number of forward/backward passes.
+
+    Returns:
+        ``(batches, weights)``: one list of indices and one float per global batch.
+    """
+    batches, weights = [], []
+    for batch in torch.split(order, batch_size):
+        part = torch.tensor_split(batch, world)[rank]
+        if len(part) == 0:
+            batches.append(batch[:1].tolist())
+            weights.append(0.0)
+        else:
+            batches.append(part.tolist())
+            weights.append(len(part) * world / len(batch))
+    return batches, weights

@@ -15,8 +15,12 @@ Pure tensors, no Avalanche.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+from .distributed import all_reduce_max, all_reduce_sum, is_distributed
 
 
 def sdc_shifts(
@@ -43,13 +47,60 @@ def sdc_shifts(
         raise ValueError(f"means must be [C, {before.shape[1]}], got {tuple(means.shape)}")
     if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or not sigma > 0:
         raise ValueError(f"sigma must be a number > 0, got {sigma!r}")
+    _, total, weighted = sdc_partial_sums(before, after, means, sigma, normalise)
+    return weighted / total[:, None]
+
+
+def sdc_partial_sums(
+    before: torch.Tensor, after: torch.Tensor, means: torch.Tensor, sigma: float = 0.3,
+    normalise: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The sums of :func:`sdc_shifts` over some samples, scaled to be summable over parts.
+
+    With ``l_ic = -||before_i - mu_c||^2 / (2 sigma^2)`` (Eq. 8's log-weight) and
+    ``m_c = max_i l_ic`` (``-inf`` with no sample), returns ``(m [C],
+    sum_i exp(l_ic - m_c) [C], sum_i exp(l_ic - m_c) v_i [C, D])``, float64. The
+    sums of disjoint parts combine after rescaling each part by ``exp(m_c^part -
+    max m_c)`` (:func:`reduced_sdc_shifts`); ``Delta_c`` is the ratio of the
+    sums. ``before`` / ``after`` may have no rows.
+    """
     b, a, m = before.double(), after.double(), means.double()
     if normalise:
         distance = torch.cdist(F.normalize(m, dim=1), F.normalize(b, dim=1))
     else:
         distance = torch.cdist(m, b)
-    weights = torch.softmax(-distance.pow(2) / (2 * sigma**2), dim=1)  # [C, N], rows sum to 1
-    return weights @ (a - b)
+    logits = -distance.pow(2) / (2 * sigma**2)  # [C, N]
+    if logits.shape[1] == 0:
+        top = torch.full((m.shape[0],), -math.inf, dtype=torch.float64)
+        return top, torch.zeros(m.shape[0], dtype=torch.float64), torch.zeros_like(m)
+    top = logits.max(dim=1).values
+    weights = torch.exp(logits - top[:, None])
+    return top, weights.sum(1), weights @ (a - b)
+
+
+def reduced_sdc_shifts(
+    before: torch.Tensor, after: torch.Tensor, means: torch.Tensor, sigma: float = 0.3,
+    normalise: bool = True,
+) -> torch.Tensor:
+    """:func:`sdc_shifts` over the union of every process's ``before`` / ``after`` rows.
+
+    Under ``torch.distributed`` each process passes its shard (possibly empty)
+    and the same ``means``; the partial sums are combined with one all-reduce
+    max and one all-reduce sum of ``[C]``, ``[C]`` and ``[C, D]`` tensors, and
+    every process gets the same ``[C, D]`` shifts. Without a process group it is
+    :func:`sdc_shifts`.
+    """
+    if not is_distributed():
+        return sdc_shifts(before, after, means, sigma, normalise)
+    if before.shape != after.shape or before.dim() != 2:
+        raise ValueError(f"before and after must be the same [N, D], got "
+                         f"{tuple(before.shape)} and {tuple(after.shape)}")
+    top, total, weighted = sdc_partial_sums(before, after, means, sigma, normalise)
+    (best,) = all_reduce_max([top.clone()])
+    scale = torch.exp(top - best)  # 0 for a part without rows
+    total, weighted = total * scale, weighted * scale[:, None]
+    all_reduce_sum([total, weighted])
+    return weighted / total[:, None]
 
 
 def shrink_factors(groups: list[int], current: int) -> list[float]:

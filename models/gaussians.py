@@ -19,6 +19,7 @@ import math
 
 import torch
 
+from .class_moments import Moments, class_moments, local_class_moments, merge_moments
 from .gaussian_state import (
     COVARIANCE_KINDS,
     check_covariance,
@@ -28,34 +29,6 @@ from .gaussian_state import (
 )
 
 __all__ = ["COVARIANCE_KINDS", "ClassGaussianStats", "class_moments", "merge_moments"]
-
-
-def class_moments(features: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
-    """Count, mean ``[D]`` and scatter ``[D, D]`` (float64) of one class's features ``[N, D]``.
-
-    ``S = (f - mu)^T (f - mu)``; the unbiased covariance is ``S / (N - 1)`` (SLCA
-    Sec. 4.2; the authors' code uses ``torch.cov`` in float64).
-    """
-    x = features.detach().to(torch.float64)
-    mean = x.mean(dim=0)
-    centred = x - mean
-    return x.shape[0], mean, centred.T @ centred
-
-
-def merge_moments(
-    a: tuple[int, torch.Tensor, torch.Tensor], b: tuple[int, torch.Tensor, torch.Tensor]
-) -> tuple[int, torch.Tensor, torch.Tensor]:
-    """Count, mean and scatter of the union of two sets (Chan, Golub, LeVeque 1979).
-
-    ``n = n_a + n_b``, ``delta = mu_b - mu_a``, ``mu = mu_a + delta n_b / n``,
-    ``S = S_a + S_b + delta delta^T n_a n_b / n``. Scatters are ``[D, D]`` or, for
-    diagonal statistics, ``[D]`` (then ``delta^2`` elementwise).
-    """
-    (n_a, mu_a, s_a), (n_b, mu_b, s_b) = a, b
-    n = n_a + n_b
-    delta = mu_b - mu_a
-    outer = torch.outer(delta, delta) if s_a.dim() == 2 else delta * delta
-    return n, mu_a + delta * (n_b / n), s_a + s_b + outer * (n_a * n_b / n)
 
 
 class ClassGaussianStats:
@@ -133,16 +106,32 @@ class ClassGaussianStats:
         """
         d = next(iter(self.means.values())).shape[0] if self.means else None
         check_update_inputs(features, targets, group, d)
-        features = features.detach().cpu()
-        targets = targets.detach().cpu().long()
+        return self.update_moments(local_class_moments(features, targets, self.covariance), group)
+
+    def update_moments(self, moments: dict[int, Moments], group: int) -> list[int]:
+        """Store (or merge in) per-class moments, e.g. summed over processes.
+
+        Args:
+            moments: class -> ``(n, mean [D], scatter, rows)`` as made by
+                :func:`neve.models.class_moments.local_class_moments` or
+                :func:`~neve.models.class_moments.reduced_class_moments`: float64,
+                scatter ``[D, D]`` (``[D]`` for ``"diagonal"``), ``rows`` the
+                centred features ``[n, D]`` or None (then a ``"full"`` class is
+                sampled through its Cholesky factor).
+            group: the experience index (int >= 0); a class stored before keeps its first.
+
+        Everything is checked and computed before anything is stored.
+
+        Returns:
+            The classes stored, ascending.
+        """
+        self._check_moments(moments, group)
         new: dict[int, tuple] = {}
-        for c in torch.unique(targets).tolist():
-            rows = features[targets == c]
-            n, mean, scatter = class_moments(rows)
-            own = (n, mean, scatter if self.covariance != "diagonal" else torch.diagonal(scatter))
+        for c, (n, mean, scatter, centred) in sorted(moments.items()):
+            own = (n, mean, scatter)
             low = None
-            if self.covariance == "full":
-                low = self._merged_rows(c, rows.to(torch.float64) - mean, own)
+            if self.covariance == "full" and centred is not None:
+                low = self._merged_rows(c, centred, own)
             if c in self.means:
                 own = merge_moments((self.counts[c], self.means[c], self.scatters[c]), own)
             new[c] = (own, low)
@@ -156,6 +145,26 @@ class ClassGaussianStats:
         if self.covariance == "shared":
             self._factors.clear()
         return sorted(new)
+
+    def _check_moments(self, moments: dict, group: object) -> None:
+        if isinstance(group, bool) or not isinstance(group, int) or group < 0:
+            raise ValueError(f"group must be an int >= 0, got {group!r}")
+        if not isinstance(moments, dict) or not moments:
+            raise ValueError("moments must be a non-empty dict class -> (n, mean, scatter, rows)")
+        d = next(iter(self.means.values())).shape[0] if self.means else None
+        for c, moment in moments.items():
+            n, mean, scatter, rows = moment
+            d = mean.shape[0] if d is None else d
+            shape = (d,) if self.covariance == "diagonal" else (d, d)
+            if isinstance(c, bool) or not isinstance(c, int) or c < 0 \
+                    or isinstance(n, bool) or not isinstance(n, int) or n < 1 \
+                    or mean.shape != (d,) or scatter.shape != shape \
+                    or (rows is not None and rows.shape != (n, d)) \
+                    or not all(bool(torch.isfinite(t).all()) for t in (mean, scatter)):
+                raise ValueError(
+                    f"moments[{c!r}] must be (n >= 1, finite mean [{d}], finite scatter "
+                    f"{list(shape)}, rows [n, {d}] or None) for a class id >= 0"
+                )
 
     def _merged_rows(self, c: int, centred: torch.Tensor, own: tuple) -> torch.Tensor | None:
         """Rows ``F``, ``F^T F = S / (n - 1)``, after storing ``centred``; None if over D rows."""

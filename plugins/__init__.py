@@ -14,7 +14,7 @@ from .curriculum_metrics import (
     curriculum_effectiveness,
     effectiveness_f,
 )
-from .distributed import DDPPlugin, ExactShardsPlugin
+from .distributed import DDPPlugin, ExactShardsPlugin, GlobalBatchPlugin
 from .progress import PhaseProgressLogger
 from .slow_learner import SlowLearnerPlugin
 
@@ -24,6 +24,7 @@ __all__ = [
     "AnalyticHeadPlugin",
     "DDPPlugin",
     "ExactShardsPlugin",
+    "GlobalBatchPlugin",
     "CurriculumEffectiveness",
     "PhaseProgressLogger",
     "curriculum_effectiveness",

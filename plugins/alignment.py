@@ -23,9 +23,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..models.arguments import check_int, check_number
+from ..models.class_moments import reduced_class_moments
 from ..models.classifier import model_part
-from ..models.distributed import all_gather_rows, broadcast_from_rank0, shard
-from ..models.drift import sdc_shifts
+from ..models.distributed import broadcast_from_rank0, shard
+from ..models.drift import reduced_sdc_shifts
 from ..models.features import extract_features
 from ..models.gaussian_state import check_covariance, check_ridge, checked_state
 from ..models.gaussians import ClassGaussianStats
@@ -158,8 +159,14 @@ class ClassifierAlignmentPlugin(SupervisedPlugin, supports_distributed=True):
     Single-sample classes: the covariance is undefined, so it is ``ridge * I``.
 
     Under ``torch.distributed`` each process embeds its contiguous shard of the
-    experience and the features are gathered in rank order, so the statistics are
-    the one-process ones; the aligned head is broadcast from rank 0.
+    experience; per-class counts and sums, then scatter matrices about the
+    class means, are all-reduced (a class with at most D samples has its rows
+    gathered instead: fewer numbers, and its few-sample sampler is kept;
+    :func:`neve.models.class_moments.reduced_class_moments`), so every process
+    stores the one-process statistics. Drift compensation all-reduces its
+    kernel-weighted sums (:func:`neve.models.drift.reduced_sdc_shifts`). The
+    alignment is seeded the same on every process and the aligned head is
+    broadcast from rank 0.
 
     Single-head class-incremental models only: a ``MultiTaskModule`` head (e.g.
     ``MultiHeadClassifier``) is refused with a ValueError when training starts.
@@ -286,18 +293,16 @@ class ClassifierAlignmentPlugin(SupervisedPlugin, supports_distributed=True):
             self._before_features = self._experience_features(strategy)[0]
 
     def _experience_features(self, strategy) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features ``[N, D]`` and targets of the experience's data, eval transforms, in order."""
+        """Features ``[N, D]`` and targets of the experience's data (this process's shard)."""
         joint = isinstance(strategy, JointTraining)  # strategy.experience: the first only
         dataset = strategy.adapted_dataset if joint else strategy.experience.dataset
         if hasattr(dataset, "eval"):
             dataset = dataset.eval()
         batch_size = self.stats_batch_size or strategy.eval_mb_size or strategy.train_mb_size
         feature_extractor = model_part(strategy.model, self.features, "feature extractor")
-        # under torch.distributed: this process's contiguous shard, then every
-        # process's rows in rank order (the one-process features, in order)
-        feats, targets = extract_features(feature_extractor, shard(dataset), batch_size,
-                                          strategy.device, cache=False, preprocess=False)
-        return all_gather_rows(feats), all_gather_rows(targets)
+        # under torch.distributed: this process's contiguous shard only
+        return extract_features(feature_extractor, shard(dataset), batch_size,
+                                strategy.device, cache=False, preprocess=False)
 
     def after_training_exp(self, strategy, **kwargs) -> None:
         """Store the experience's class statistics; from the second experience, align."""
@@ -307,10 +312,11 @@ class ClassifierAlignmentPlugin(SupervisedPlugin, supports_distributed=True):
         if self._before_features is not None:
             old = self.stats.classes
             means = torch.stack([self.stats.means[c] for c in old])
-            shifts = sdc_shifts(self._before_features, feats, means, self.drift_sigma)
+            shifts = reduced_sdc_shifts(self._before_features, feats, means, self.drift_sigma)
             self.stats.shift_means(dict(zip(old, shifts, strict=True)))
             self._before_features = None
-        self.stats.update(feats, targets, group=self.experiences_seen)
+        moments = reduced_class_moments(feats, targets, self.stats.covariance)
+        self.stats.update_moments(moments, group=self.experiences_seen)
         self.experiences_seen += 1
         self.statistics_seconds.append(time.perf_counter() - start)
         if self.experiences_seen >= 2 and self.epochs > 0:

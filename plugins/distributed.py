@@ -2,7 +2,7 @@
 
 Avalanche 0.6 shards its data loaders with torch's ``DistributedSampler`` when
 :class:`avalanche.distributed.DistributedHelper` is initialised, but leaves the
-model unwrapped and does not reduce its metrics. Two plugins fill the gaps:
+model unwrapped and does not reduce its metrics. Three plugins fill the gaps:
 
 * :class:`ExactShardsPlugin`: training batches from disjoint, contiguous shards
   without the sampler's padding (which repeats items when the experience does
@@ -31,7 +31,12 @@ from avalanche.distributed import DistributedHelper
 from torch.utils.data import DataLoader
 
 from ..models.arguments import check_int
-from ..models.distributed import exact_shard_loader, is_distributed, rank_and_world
+from ..models.distributed import (
+    exact_shard_loader,
+    global_batch_part,
+    is_distributed,
+    rank_and_world,
+)
 
 
 def _collate(dataset) -> dict:
@@ -85,35 +90,6 @@ class ExactShardsPlugin(SupervisedPlugin, supports_distributed=True):
         self.shuffle = bool(state["shuffle"])
 
 
-def global_batch_part(order: torch.Tensor, batch_size: int, rank: int, world: int
-                      ) -> tuple[list[list[int]], list[float]]:
-    """Process ``rank``'s part of each global mini-batch, and its loss weight.
-
-    ``order`` (``[n]`` item indices) is cut into global batches of ``batch_size``
-    (the last one shorter); each is split into ``world`` contiguous parts of sizes
-    differing by at most one (``torch.tensor_split``), and process ``rank`` takes
-    part ``rank``. With ``n_r`` items out of a global batch of ``n``, the weight is
-    ``n_r * world / n``: DDP averages ``world`` gradients, so
-    ``(1/world) sum_r w_r grad(mean_r) = (1/n) sum_i grad(loss_i)``, the gradient
-    of the mean loss over the global batch. A part left empty (a last batch
-    shorter than ``world``) gets the batch's first item with weight 0, so every
-    process runs the same number of forward/backward passes.
-
-    Returns:
-        ``(batches, weights)``: one list of indices and one float per global batch.
-    """
-    batches, weights = [], []
-    for batch in torch.split(order, batch_size):
-        part = torch.tensor_split(batch, world)[rank]
-        if len(part) == 0:
-            batches.append(batch[:1].tolist())
-            weights.append(0.0)
-        else:
-            batches.append(part.tolist())
-            weights.append(len(part) * world / len(batch))
-    return batches, weights
-
-
 class GlobalBatchPlugin(SupervisedPlugin, supports_distributed=True):
     """The same global mini-batches for any number of processes, for DDP training.
 
@@ -123,7 +99,7 @@ class GlobalBatchPlugin(SupervisedPlugin, supports_distributed=True):
     over ``adapted_dataset`` that draws a permutation from a generator seeded with
     ``seed + experience index`` (the same draws on every process, a new
     permutation each epoch, as one process's shuffling loader) and yields this
-    process's :func:`global_batch_part`; ``before_backward`` multiplies
+    process's :func:`neve.models.distributed.global_batch_part`; ``before_backward`` multiplies
     ``strategy.loss`` by the part's weight. Active in one process too (weight 1),
     so one process and ``W`` processes see the same global batches, without
     ``DistributedSampler``'s padding (repeated items) or its fixed seed.

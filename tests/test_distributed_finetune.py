@@ -16,8 +16,8 @@ from test_distributed_methods import example, free_port
 
 from neve.benchmarks import digits
 from neve.models import PretrainedClassifier
-from neve.plugins import DDPPlugin
-from neve.plugins.distributed import GlobalBatchPlugin, global_batch_part
+from neve.models.distributed import global_batch_part
+from neve.plugins import DDPPlugin, GlobalBatchPlugin
 from neve.strategies import SLCA
 
 # relative difference allowed: measured up to 4.8e-7 (head bias; backbone 3e-8), the

@@ -12,7 +12,8 @@ PUBLIC = {
     ],
     "neve.plugins": [
         "AnalyticHeadPlugin", "ClassGaussianStats", "ClassifierAlignmentPlugin",
-        "CurriculumEffectiveness", "SlowLearnerPlugin", "curriculum_effectiveness",
+        "CurriculumEffectiveness", "DDPPlugin", "ExactShardsPlugin", "GlobalBatchPlugin",
+        "SlowLearnerPlugin", "curriculum_effectiveness",
         "effectiveness_f", "maybe_load_checkpoint", "restore_submodule_attributes",
         "save_checkpoint",
     ],

@@ -1,0 +1,132 @@
+"""SLCA's statistics summed over processes equal one process's (issue #14).
+
+Two gloo workers each pass a contiguous shard (one of them empty in one case) to
+``reduced_class_moments`` and ``reduced_sdc_shifts``; the test process computes
+the same on the whole data without a process group, with the one-process
+functions, and the stored Gaussians (means, covariances, few-sample rows) are
+compared. A non-finite feature on one worker is refused on both.
+"""
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from test_distributed_methods import free_port
+
+from neve.models.class_moments import local_class_moments, reduced_class_moments
+from neve.models.drift import reduced_sdc_shifts, sdc_shifts
+from neve.models.gaussians import ClassGaussianStats
+
+D = 8
+
+
+def data(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """40 rows: class 0 has 34 (> D, scatter all-reduced), 2 and 5 have 3 (<= D, rows)."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.tensor([0] * 34 + [2] * 3 + [5] * 3)[torch.randperm(40, generator=gen)]
+    x = torch.randn(40, D, generator=gen) * 2 + y[:, None] * 1.5
+    return x, y
+
+
+def parts(n: int, rank: int, uneven: bool) -> slice:
+    cut = n if uneven else n // 2  # uneven: rank 1's part is empty
+    return slice(0, cut) if rank == 0 else slice(cut, n)
+
+
+def stored(moments_of, covariance: str, rank: int | None = None, uneven: bool = False) -> dict:
+    """Two experiences into a ClassGaussianStats (classes 0 and 5 recur: 7 rows for 5), then
+    SDC shifts."""
+    stats = ClassGaussianStats(covariance, 1e-4)
+    for group, seed in enumerate((0, 1)):
+        x, y = data(seed)
+        if group == 1:
+            keep = y != 2
+            x, y = x[keep], y[keep]
+        part = parts(len(y), rank, uneven) if rank is not None else slice(None)
+        stats.update_moments(moments_of(x[part], y[part], covariance), group)
+    before, _ = data(2)
+    after = before * 1.1 + 0.3
+    part = parts(len(before), rank, uneven) if rank is not None else slice(None)
+    means = torch.stack([stats.means[c] for c in stats.classes])
+    shift = (reduced_sdc_shifts if rank is not None else sdc_shifts)(
+        before[part], after[part], means)
+    return {"means": means, "covs": torch.stack([stats.covariance_of(c) for c in stats.classes]),
+            "counts": torch.tensor([stats.counts[c] for c in stats.classes]),
+            "low_rank": sorted(stats.low_rank), "shift": shift,
+            **{f"rows{c}": r for c, r in stats.low_rank.items()}}
+
+
+def worker(rank: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)
+    try:
+        results = {f"{cov}/{uneven}": stored(reduced_class_moments, cov, rank, uneven)
+                   for cov in ("full", "diagonal", "shared") for uneven in (False, True)}
+        x, y = data(0)
+        if rank == 1:
+            x[3, 1] = float("nan")
+        try:
+            reduced_class_moments(x, y)
+            results["refused"] = "no"
+        except ValueError as err:
+            results["refused"] = str(err)
+        torch.save(results, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_store_one_process_gaussians(tmp_path):
+    mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for cov in ("full", "diagonal", "shared"):
+        single = stored(lambda x, y, c: local_class_moments(x, y, c), cov)
+        if cov == "full":  # classes 2 and 5 have <= D rows: sampled from their rows
+            assert single["low_rank"] == [2, 5]
+        for uneven in (False, True):
+            for got in ranks:
+                pair = got[f"{cov}/{uneven}"]
+                assert pair["low_rank"] == single["low_rank"]
+                assert torch.equal(pair["counts"], single["counts"])
+                for key in ("means", "covs", "shift", *(f"rows{c}" for c in single["low_rank"])):
+                    torch.testing.assert_close(pair[key], single[key], rtol=1e-12, atol=1e-12)
+    assert "NaN" in ranks[1]["refused"]
+    assert "another process" in ranks[0]["refused"]
+
+
+def test_moments_reduced_in_one_process_match_update():
+    """Without a process group, update_moments(reduced_class_moments(...)) is update(...)."""
+    x, y = data(0)
+    for cov in ("full", "diagonal", "shared"):
+        a, b = ClassGaussianStats(cov), ClassGaussianStats(cov)
+        a.update(x, y, group=0)
+        b.update_moments(reduced_class_moments(x, y, cov), group=0)
+        for c in a.classes:
+            assert torch.equal(a.means[c], b.means[c])
+            assert torch.equal(a.covariance_of(c), b.covariance_of(c))
+        assert sorted(a.low_rank) == sorted(b.low_rank)
+
+
+def test_update_moments_refuses_bad_moments_and_keeps_state():
+    stats = ClassGaussianStats("full")
+    x, y = data(0)
+    stats.update(x, y, group=0)
+    before = {c: m.clone() for c, m in stats.means.items()}
+    good = local_class_moments(x, y)
+    n, mean, scatter, rows = good[0]
+    bad_cases = [
+        {0: (n, mean[:-1], scatter, rows)},           # wrong D
+        {0: (0, mean, scatter, rows)},                # empty class
+        {0: (n, mean * float("nan"), scatter, rows)},  # non-finite
+        {-1: good[0]},                                # bad class id
+        {0: (n, mean, scatter, rows[:-1])},           # rows not [n, D]
+        {},                                           # nothing
+    ]
+    for moments in bad_cases:
+        try:
+            stats.update_moments({**moments}, group=1)
+        except ValueError as err:
+            assert "moments" in str(err)
+        else:
+            raise AssertionError(f"accepted {moments.keys()}")
+    for c, m in before.items():
+        assert torch.equal(stats.means[c], m)
