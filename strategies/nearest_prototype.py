@@ -23,7 +23,12 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 from avalanche.training.templates.base import _experiences_parameter_as_iterable
 
-from ..models.distributed import all_reduce_sum, exact_shard_loader, is_distributed
+from ..models.distributed import (
+    all_reduce_sum,
+    exact_shard_loader,
+    is_distributed,
+    raise_everywhere,
+)
 from ..models.prototypes import DotProductNCM
 from ..plugins.training_modes import experience_classes
 from .arguments import check_bool, check_device, check_int
@@ -260,15 +265,12 @@ class NearestPrototype(SupervisedTemplate):
             self._accumulate_epoch(**kwargs)
         except ValueError as err:
             error = err
-        (failed,) = all_reduce_sum([torch.tensor([0.0 if error is None else 1.0])])
-        if error is not None:
-            raise error
-        if float(failed) > 0:
+        try:
+            raise_everywhere(error, "experiences: another process refused a batch of this "
+                             "experience (see its error); nothing of this experience was learned")
+        except ValueError:
             self._pending = None
-            raise ValueError(
-                "experiences: another process refused a batch of this experience (see its "
-                "error); nothing of this experience was learned"
-            )
+            raise
 
     def _accumulate_epoch(self, **kwargs) -> None:
         dim = self.class_sums.shape[1]
