@@ -5,6 +5,8 @@
   Learning", CVPR 2020, Eq. 7-8): the displacement of old class means is
   estimated from the displacement of the current data's features between the
   backbone before and after an experience.
+* :func:`drift_jacobian`: beyond SDC, a ridge least-squares linear fit of the
+  displacement field, whose linear part moves the stored covariances.
 * :func:`shrink_factors`: the SLCA authors' scaling of older classes' means
   before sampling (in their code, not in the paper).
 * :func:`mean_drift`: how far stored means are from the means of the same
@@ -101,6 +103,59 @@ def reduced_sdc_shifts(
     total, weighted = total * scale, weighted * scale[:, None]
     all_reduce_sum([total, weighted])
     return weighted / total[:, None]
+
+
+def drift_jacobian(before: torch.Tensor, after: torch.Tensor, ridge: float = 1.0
+                   ) -> torch.Tensor:
+    """``A = I + B`` ``[D, D]``: the linear part of a least-squares fit of the drift (beyond SDC).
+
+    SDC (Yu et al., CVPR 2020) moves a class's mean by the local mean
+    displacement, a translation, so covariances stay. To move covariances too,
+    the displacement field is fitted linearly on the current data, ``v ~ v_bar +
+    (x - x_bar) B`` (row vectors, ``x`` = ``before``, ``v = after - before``),
+    by ridge regression: ``B = (X_c^T X_c + lambda I)^{-1} X_c^T V_c`` with the
+    centred ``X_c``, ``V_c`` and ``lambda = ridge * tr(X_c^T X_c) / D``, so
+    directions the data does not span keep ``B = 0`` (no change). Under the
+    fitted map ``x -> x A`` a class Gaussian's covariance becomes ``A^T Sigma
+    A`` (:meth:`~neve.models.gaussians.ClassGaussianStats.map_covariances`).
+    float64. Under ``torch.distributed`` each process passes its shard and
+    :func:`reduced_drift_jacobian` sums the products.
+    """
+    return _jacobian(*_drift_products(before, after, None), ridge)
+
+
+def _drift_products(before: torch.Tensor, after: torch.Tensor, reduce) -> tuple:
+    if before.shape != after.shape or before.dim() != 2:
+        raise ValueError(f"before and after must be the same [N, D], got "
+                         f"{tuple(before.shape)} and {tuple(after.shape)}")
+    x, v = before.double(), after.double() - before.double()
+    count = torch.tensor([float(x.shape[0])], dtype=torch.float64)
+    sums = torch.stack([x.sum(0), v.sum(0)])
+    if reduce is not None:
+        reduce([count, sums])
+    if float(count) < 2:
+        raise ValueError(f"fitting the drift needs >= 2 samples, got {int(count)}")
+    xc, vc = x - sums[0] / count, v - sums[1] / count
+    products = [xc.T @ xc, xc.T @ vc]
+    if reduce is not None:
+        reduce(products)
+    return products[0], products[1]
+
+
+def _jacobian(gram: torch.Tensor, cross: torch.Tensor, ridge: float) -> torch.Tensor:
+    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not ridge > 0:
+        raise ValueError(f"ridge must be a number > 0, got {ridge!r}")
+    d = gram.shape[0]
+    lam = ridge * float(torch.trace(gram)) / d
+    eye = torch.eye(d, dtype=torch.float64)
+    return eye + torch.linalg.solve(gram + max(lam, 1e-12) * eye, cross)
+
+
+def reduced_drift_jacobian(before: torch.Tensor, after: torch.Tensor, ridge: float = 1.0
+                           ) -> torch.Tensor:
+    """:func:`drift_jacobian` of the union of every process's rows (all-reduced sums, then
+    all-reduced centred products ``X_c^T X_c``, ``X_c^T V_c``); every process gets the same."""
+    return _jacobian(*_drift_products(before, after, all_reduce_sum), ridge)
 
 
 def shrink_factors(groups: list[int], current: int) -> list[float]:

@@ -196,6 +196,32 @@ class ClassGaussianStats:
         for c, shift in shifts.items():
             self.means[c] = self.means[c] + shift.detach().to(torch.float64).cpu()
 
+    def map_covariances(self, transform: torch.Tensor, classes: list[int] | None = None) -> None:
+        """Covariances of ``classes`` (default: all) under the linear map ``x -> x A``.
+
+        ``transform`` ``A`` is ``[D, D]`` (e.g. :func:`neve.models.drift.drift_jacobian`):
+        each scatter becomes ``A^T S A`` (diagonal statistics: the diagonal of it,
+        ``(A * A)^T s``), a class's few-sample rows ``F`` become ``F A``; counts,
+        means and the ridge are kept. Checked before anything changes.
+        """
+        classes = self.classes if classes is None else classes
+        d = next(iter(self.means.values())).shape[0] if self.means else 0
+        if not isinstance(transform, torch.Tensor) or transform.shape != (d, d) \
+                or not bool(torch.isfinite(transform).all()):
+            raise ValueError(f"transform must be a finite [{d}, {d}] tensor")
+        unknown = sorted(set(classes) - set(self.means))
+        if unknown:
+            raise ValueError(f"classes must be stored classes {self.classes}, got {unknown}")
+        a = transform.detach().to(torch.float64).cpu()
+        for c in classes:
+            s = self.scatters[c]
+            self.scatters[c] = (a * a).T @ s if s.dim() == 1 else a.T @ s @ a
+            if c in self.low_rank:
+                self.low_rank[c] = self.low_rank[c] @ a
+            self._factors.pop(c, None)
+        if self.covariance == "shared":
+            self._factors.clear()
+
     def shared_covariance(self) -> torch.Tensor:
         """Pooled within-class covariance ``sum_c S_c / sum_c (n_c - 1) + ridge * I``."""
         d = next(iter(self.means.values())).shape[0]

@@ -26,7 +26,7 @@ from ..models.arguments import check_int, check_number
 from ..models.class_moments import reduced_class_moments
 from ..models.classifier import model_part
 from ..models.distributed import broadcast_from_rank0, shard
-from ..models.drift import reduced_sdc_shifts
+from ..models.drift import reduced_drift_jacobian, reduced_sdc_shifts
 from ..models.features import extract_features
 from ..models.gaussian_state import check_covariance, check_ridge, checked_state
 from ..models.gaussians import ClassGaussianStats
@@ -52,6 +52,8 @@ _OPTIONS = (
     "check_data",
     "drift_compensation",
     "drift_sigma",
+    "drift_covariance",
+    "drift_ridge",
     "shrink_means",
 )
 
@@ -71,12 +73,16 @@ def check_options(options: dict) -> None:
     for name in ("momentum", "weight_decay"):
         if name in options:
             check_number(options[name], name, positive=False)
-    if "drift_sigma" in options:
-        check_number(options["drift_sigma"], "drift_sigma", positive=True)
+    for name in ("drift_sigma", "drift_ridge"):
+        if name in options:
+            check_number(options[name], name, positive=True)
     for name in ("keep_aligned", "logit_norm", "check_data", "drift_compensation",
-                 "shrink_means"):
+                 "drift_covariance", "shrink_means"):
         if name in options and not isinstance(options[name], bool):
             raise TypeError(f"{name} must be True or False, got {options[name]!r}")
+    if options.get("drift_covariance") and not options.get("drift_compensation"):
+        raise ValueError("drift_covariance=True needs drift_compensation=True (it moves the "
+                         "covariances of the drift-compensated classes)")
     for name in ("features", "head"):
         if name in options and (not isinstance(options[name], str) or not options[name]):
             raise ValueError(f"{name} must be an attribute name of the model, got "
@@ -213,9 +219,15 @@ class ClassifierAlignmentPlugin(SupervisedPlugin, supports_distributed=True):
             the feature extractor once more; after training, the stored means of
             earlier classes are moved by the kernel-weighted mean displacement of
             those features (:func:`neve.models.drift.sdc_shifts`), before the new
-            classes are stored and the head aligned. Covariances are kept. Not
-            under ``JointTraining`` (one phase, nothing to compensate).
+            classes are stored and the head aligned. Covariances are kept unless
+            ``drift_covariance``. Not under ``JointTraining`` (one phase,
+            nothing to compensate).
         drift_sigma: SDC's kernel width on L2-normalised features (SDC: 0.3).
+        drift_covariance: beyond SDC, also move the earlier classes'
+            covariances by the linear part ``A`` of a ridge least-squares fit of
+            the same displacements (:func:`neve.models.drift.drift_jacobian`):
+            ``Sigma_c -> A^T Sigma_c A``. Needs ``drift_compensation``.
+        drift_ridge: the fit's ridge, relative to the mean feature variance (> 0).
         shrink_means: the authors' code (not the paper): sample older classes
             around ``(0.9 + 0.1 (t_c + 1) / (T + 1)) mu_c``
             (:func:`neve.models.drift.shrink_factors`); off by default.
@@ -247,6 +259,8 @@ class ClassifierAlignmentPlugin(SupervisedPlugin, supports_distributed=True):
         check_data: bool = True,
         drift_compensation: bool = False,
         drift_sigma: float = 0.3,
+        drift_covariance: bool = False,
+        drift_ridge: float = 1.0,
         shrink_means: bool = False,
     ) -> None:
         super().__init__()
@@ -258,7 +272,7 @@ class ClassifierAlignmentPlugin(SupervisedPlugin, supports_distributed=True):
             setattr(self, key, value)
         self.lr, self.temperature = float(lr), float(temperature)
         self.momentum, self.weight_decay = float(momentum), float(weight_decay)
-        self.drift_sigma = float(drift_sigma)
+        self.drift_sigma, self.drift_ridge = float(drift_sigma), float(drift_ridge)
         self._before_features: torch.Tensor | None = None
         self.stats = ClassGaussianStats(covariance, ridge)
         self.experiences_seen = 0
@@ -313,7 +327,12 @@ class ClassifierAlignmentPlugin(SupervisedPlugin, supports_distributed=True):
             old = self.stats.classes
             means = torch.stack([self.stats.means[c] for c in old])
             shifts = reduced_sdc_shifts(self._before_features, feats, means, self.drift_sigma)
+            jacobian = None
+            if self.drift_covariance:
+                jacobian = reduced_drift_jacobian(self._before_features, feats, self.drift_ridge)
             self.stats.shift_means(dict(zip(old, shifts, strict=True)))
+            if jacobian is not None:
+                self.stats.map_covariances(jacobian, old)
             self._before_features = None
         moments = reduced_class_moments(feats, targets, self.stats.covariance)
         self.stats.update_moments(moments, group=self.experiences_seen)

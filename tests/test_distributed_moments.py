@@ -4,7 +4,8 @@ Two gloo workers each pass a contiguous shard (one of them empty in one case) to
 ``reduced_class_moments`` and ``reduced_sdc_shifts``; the test process computes
 the same on the whole data without a process group, with the one-process
 functions, and the stored Gaussians (means, covariances, few-sample rows) are
-compared. A non-finite feature on one worker is refused on both.
+compared, and so is the drift fit that moves covariances. A non-finite
+feature on one worker is refused on both.
 """
 
 import torch
@@ -13,7 +14,12 @@ import torch.multiprocessing as mp
 from test_distributed_methods import free_port
 
 from neve.models.class_moments import local_class_moments, reduced_class_moments
-from neve.models.drift import reduced_sdc_shifts, sdc_shifts
+from neve.models.drift import (
+    drift_jacobian,
+    reduced_drift_jacobian,
+    reduced_sdc_shifts,
+    sdc_shifts,
+)
 from neve.models.gaussians import ClassGaussianStats
 
 D = 8
@@ -44,12 +50,15 @@ def stored(moments_of, covariance: str, rank: int | None = None, uneven: bool = 
         part = parts(len(y), rank, uneven) if rank is not None else slice(None)
         stats.update_moments(moments_of(x[part], y[part], covariance), group)
     before, _ = data(2)
-    after = before * 1.1 + 0.3
+    after = before * 1.1 + 0.3 + 0.2 * before.sin()
     part = parts(len(before), rank, uneven) if rank is not None else slice(None)
     means = torch.stack([stats.means[c] for c in stats.classes])
     shift = (reduced_sdc_shifts if rank is not None else sdc_shifts)(
         before[part], after[part], means)
-    return {"means": means, "covs": torch.stack([stats.covariance_of(c) for c in stats.classes]),
+    jacobian = (reduced_drift_jacobian if rank is not None else drift_jacobian)(
+        before[part], after[part], 0.5)
+    return {"means": means, "jacobian": jacobian,
+            "covs": torch.stack([stats.covariance_of(c) for c in stats.classes]),
             "counts": torch.tensor([stats.counts[c] for c in stats.classes]),
             "low_rank": sorted(stats.low_rank), "shift": shift,
             **{f"rows{c}": r for c, r in stats.low_rank.items()}}
@@ -87,7 +96,8 @@ def test_two_processes_store_one_process_gaussians(tmp_path):
                 pair = got[f"{cov}/{uneven}"]
                 assert pair["low_rank"] == single["low_rank"]
                 assert torch.equal(pair["counts"], single["counts"])
-                for key in ("means", "covs", "shift", *(f"rows{c}" for c in single["low_rank"])):
+                rows = [f"rows{c}" for c in single["low_rank"]]
+                for key in ("means", "covs", "shift", "jacobian", *rows):
                     torch.testing.assert_close(pair[key], single[key], rtol=1e-12, atol=1e-12)
     assert "NaN" in ranks[1]["refused"]
     assert "another process" in ranks[0]["refused"]
