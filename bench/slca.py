@@ -10,7 +10,8 @@ momentum 0.9, weight decay 5e-4. Arms (``--arms``):
   grid; each lr is reported); gives ``seq_ft`` and ``seq_ft_ca`` (+ alignment);
 * ``slow``: backbone x ``--backbone-lr-scale`` (0.01, the paper); gives
   ``slow_learner``, ``slca`` (+ alignment), ``slca_sdc`` (+ semantic drift
-  compensation of the stored means) and ``slca_shrink`` (+ the authors' mean
+  compensation of the stored means), ``slca_sdc_cov`` (+ the covariances moved
+  by a ridge linear fit of the drift, ``--drift-ridge``) and ``slca_shrink`` (+ the authors' mean
   shrinkage);
 * ``slow_head_init``, ``slow_fresh_opt``: ``slow`` with the authors' per-task
   head initialisation / a fresh optimizer state per experience;
@@ -54,7 +55,7 @@ from torch import nn
 
 from neve.benchmarks import LabelledTensorDataset, class_balanced_subset, fashion_mnist
 from neve.models import ImagePreprocess, PretrainedClassifier, pretrained_backbone
-from neve.models.drift import mean_drift, sdc_shifts
+from neve.models.drift import drift_jacobian, mean_drift, sdc_shifts
 from neve.models.features import extract_features
 from neve.models.gaussians import ClassGaussianStats
 from neve.models.head_alignment import align_head, alignment_batch_size
@@ -123,8 +124,9 @@ def run_arm(bm, backbone: nn.Module, feature_dim: int, args, device, *, seed: in
                                             batch_size=args.alignment_batch_size, seed=seed),
     )
     plugin, head = strategy.alignment, model.classifier
-    sdc = ClassGaussianStats("full", 1e-4)
-    acc: dict[str, list[float]] = {"none": [], "ca": [], "ca_sdc": [], "ca_shrink": []}
+    sdc, sdc_cov = ClassGaussianStats("full", 1e-4), ClassGaussianStats("full", 1e-4)
+    acc: dict[str, list[float]] = {"none": [], "ca": [], "ca_sdc": [], "ca_sdc_cov": [],
+                                   "ca_shrink": []}
     start = time.perf_counter()
     for k, exp in enumerate(bm.train_stream):
         data = exp.dataset.eval()
@@ -136,7 +138,10 @@ def run_arm(bm, backbone: nn.Module, feature_dim: int, args, device, *, seed: in
             old = sdc.classes
             shifts = sdc_shifts(before, after, torch.stack([sdc.means[c] for c in old]))
             sdc.shift_means(dict(zip(old, shifts, strict=True)))
+            sdc_cov.shift_means(dict(zip(old, shifts, strict=True)))
+            sdc_cov.map_covariances(drift_jacobian(before, after, args.drift_ridge), old)
         sdc.update(after, targets, group=k)
+        sdc_cov.update(after, targets, group=k)
         # the test data seen so far, under the current backbone
         seen = [feats(model.features, e.dataset.eval(), device) for e in bm.test_stream[: k + 1]]
         test_x, test_y = torch.cat([x for x, _ in seen]), torch.cat([y for _, y in seen])
@@ -147,11 +152,12 @@ def run_arm(bm, backbone: nn.Module, feature_dim: int, args, device, *, seed: in
         acc["none"].append(accuracy(head, test_x, test_y, device))
         head.load_state_dict(aligned)
         if k == 0:
-            acc["ca_sdc"].append(acc["ca"][0])
-            acc["ca_shrink"].append(acc["ca"][0])
+            for name in ("ca_sdc", "ca_sdc_cov", "ca_shrink"):
+                acc[name].append(acc["ca"][0])
             continue
         gen_seed = seed + k + 1  # the plugin's: seed + experiences seen
-        for name, stats, shrink in (("ca_sdc", sdc, False), ("ca_shrink", plugin.stats, True)):
+        for name, stats, shrink in (("ca_sdc", sdc, False), ("ca_sdc_cov", sdc_cov, False),
+                                    ("ca_shrink", plugin.stats, True)):
             variant = realign(head, unaligned, stats, args, gen_seed, device, shrink)
             acc[name].append(accuracy(variant, test_x, test_y, device))
     seconds = time.perf_counter() - start
@@ -192,7 +198,7 @@ def scores(per_exp: list[float]) -> dict:
 def record(results: dict, name: str, run: dict, variant: str) -> None:
     out = scores(run["acc"][variant])
     if "drift" in run:
-        drift = run["drift"]["sdc" if variant == "ca_sdc" else "stored"]
+        drift = run["drift"]["sdc" if variant.startswith("ca_sdc") else "stored"]
         out.update({"drift_rel_l2": drift["rel_l2"], "drift_cos": drift["cos"],
                     "drift_rel_l2_first": drift["rel_l2_first"]})
     results.setdefault(name, []).append(out)
@@ -220,6 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--samples-per-class", type=int, default=256)
     p.add_argument("--alignment-epochs", type=int, default=5)
     p.add_argument("--alignment-batch-size", type=int, default=None)
+    p.add_argument("--drift-ridge", type=float, default=1.0,
+                   help="ridge of the covariance drift fit (slca_sdc_cov)")
     p.add_argument("--analytic-buffer", type=int, default=2048)
     p.add_argument("--analytic-gamma", type=float, default=1.0)
     p.add_argument("--input-size", type=int, default=32)
@@ -271,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
                 elif arm == "slow":
                     run = run_arm(bm, backbone, 1280, args, device, **common, norm=norm)
                     record(results, f"slow_learner{tag}", run, "none")
-                    for variant in ("ca", "ca_sdc", "ca_shrink"):
+                    for variant in ("ca", "ca_sdc", "ca_sdc_cov", "ca_shrink"):
                         name = "slca" + variant[2:]
                         record(results, f"{name}{tag}", run, variant)
                 elif arm == "all_logit":
