@@ -9,8 +9,8 @@ from .episodic import (
     tune_network,
 )
 from .nearest_prototype import NearestPrototype
-from .slca import SLCA
-from .slca_settings import PAPER_SETTINGS, SLCASettings, paper_slca
+from .slca import SLCA, paper_slca
+from .slca_settings import PAPER_SETTINGS, SLCASettings
 
 __all__: list[str] = [
     "AnalyticCIL",

@@ -18,6 +18,7 @@ from ..models.classifier import model_part
 from ..plugins.alignment import ClassifierAlignmentPlugin, check_single_head
 from ..plugins.slow_learner import SlowLearnerPlugin
 from ..plugins.training_modes import experience_classes
+from .slca_settings import PAPER_SETTINGS, SLCASettings, paper_parts
 
 __all__ = ["SLCA", "experience_classes"]
 
@@ -148,11 +149,24 @@ class SLCA(Naive):
         return self._criterion(logits, targets)
 
     @classmethod
-    def paper(cls, model: Module, settings=None, **kwargs) -> SLCA:
-        """The paper's settings (:data:`neve.strategies.slca_settings.PAPER_SETTINGS`).
-
-        See :func:`neve.strategies.slca_settings.paper_slca` for the arguments.
+    def paper(cls, model: Module, settings: SLCASettings | None = None, *,
+              head: str = "classifier", slow_learner_options: dict | None = None,
+              alignment_options: dict | None = None, plugins: list | None = None,
+              **kwargs) -> SLCA:
+        """An SLCA with the paper's settings (:data:`~neve.strategies.slca_settings.PAPER_SETTINGS`)
+        or ``settings``; the arguments are :func:`~neve.strategies.slca_settings.paper_parts`'s,
+        ``kwargs`` go to the constructor (``device``, ``evaluator``, ``eval_mb_size``, ...).
+        The step-decay scheduler plugin is ``strategy.lr_scheduler`` (None without milestones).
         """
-        from .slca_settings import PAPER_SETTINGS, paper_slca
+        parts, scheduler = paper_parts(
+            model, PAPER_SETTINGS if settings is None else settings, head=head,
+            slow_learner_options=slow_learner_options, alignment_options=alignment_options,
+            plugins=plugins)
+        strategy = cls(**parts, **kwargs)
+        strategy.lr_scheduler = scheduler
+        return strategy
 
-        return paper_slca(model, PAPER_SETTINGS if settings is None else settings, **kwargs)
+
+def paper_slca(model: Module, settings: SLCASettings | None = None, **kwargs) -> SLCA:
+    """:meth:`SLCA.paper` as a function."""
+    return SLCA.paper(model, settings, **kwargs)

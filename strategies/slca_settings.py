@@ -1,6 +1,6 @@
 """The SLCA paper's training settings in one place (Zhang et al., ICCV 2023, Sec. 5.1).
 
-:data:`PAPER_SETTINGS` holds them; :func:`paper_slca` builds an
+:data:`PAPER_SETTINGS` holds them; :func:`paper_parts` gives the arguments of an
 :class:`~neve.strategies.SLCA` from them (also :meth:`SLCA.paper`): SGD with
 momentum and weight decay whose head and representation groups are split
 before the step-decay scheduler is built (so Avalanche's ``LRSchedulerPlugin``
@@ -61,10 +61,11 @@ class SLCASettings:
 PAPER_SETTINGS = SLCASettings()
 
 
-def paper_slca(model: nn.Module, settings: SLCASettings = PAPER_SETTINGS, *,
-               head: str = "classifier", slow_learner_options: dict | None = None,
-               alignment_options: dict | None = None, plugins: list | None = None, **kwargs):
-    """An :class:`~neve.strategies.SLCA` with ``settings`` (default the paper's).
+def paper_parts(model: nn.Module, settings: SLCASettings = PAPER_SETTINGS, *,
+                head: str = "classifier", slow_learner_options: dict | None = None,
+                alignment_options: dict | None = None, plugins: list | None = None
+                ) -> tuple[dict, LRSchedulerPlugin | None]:
+    """The keyword arguments of an :class:`~neve.strategies.SLCA` with ``settings``.
 
     Args:
         model: a model of neve's contract (``model.features``, ``model.<head>``).
@@ -73,14 +74,12 @@ def paper_slca(model: nn.Module, settings: SLCASettings = PAPER_SETTINGS, *,
         slow_learner_options, alignment_options: further keyword arguments of the
             two plugins (e.g. ``{"head_init": "trunc_normal"}``, ``{"seed": 1}``).
         plugins: more plugins, after the step-decay ``LRSchedulerPlugin``.
-        **kwargs: passed to ``SLCA`` (``device``, ``evaluator``, ``eval_mb_size``, ...).
 
     Returns:
-        The strategy; its scheduler plugin is ``strategy.lr_scheduler`` (None
-        without milestones).
+        ``(model, optimizer, train_mb_size, train_epochs, slow_learner, alignment,
+        plugins)`` as a dict, and the step-decay scheduler plugin (None without
+        milestones). :meth:`neve.strategies.SLCA.paper` builds the strategy.
     """
-    from .slca import SLCA
-
     if not isinstance(settings, SLCASettings):
         raise TypeError(f"settings must be an SLCASettings, got {settings!r}")
     if not isinstance(model, nn.Module):
@@ -105,11 +104,10 @@ def paper_slca(model: nn.Module, settings: SLCASettings = PAPER_SETTINGS, *,
         lr=settings.alignment_lr, temperature=settings.temperature,
         batch_size=settings.alignment_batch_size, momentum=settings.momentum,
         weight_decay=settings.weight_decay, head=head, **(alignment_options or {}))
-    strategy = SLCA(model=model, optimizer=optimizer, train_mb_size=settings.batch_size,
-                    train_epochs=settings.epochs, slow_learner=slow, alignment=align,
-                    plugins=([scheduler] if scheduler else []) + list(plugins or []), **kwargs)
-    strategy.lr_scheduler = scheduler
-    return strategy
+    parts = dict(model=model, optimizer=optimizer, train_mb_size=settings.batch_size,
+                 train_epochs=settings.epochs, slow_learner=slow, alignment=align,
+                 plugins=([scheduler] if scheduler else []) + list(plugins or []))
+    return parts, scheduler
 
 
-__all__ = ["PAPER_SETTINGS", "SLCASettings", "paper_slca"]
+__all__ = ["PAPER_SETTINGS", "SLCASettings", "paper_parts"]
