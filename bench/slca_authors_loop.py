@@ -252,7 +252,8 @@ def run_seed(seed: int, backbone: nn.Module, full: tuple, args, device) -> dict:
         size = args.alignment_batch_size
         batch = "" if size is None else f" ca_batch={size}"
         rows[f"{name}[eval]{batch}"] = bench.scores(run["acc"]["ca"])
-        rows[f"{name.replace('slca', 'slow_learner')}[eval]"] = bench.scores(run["acc"]["none"])
+        rows[f"{name.replace('slca', 'slow_learner')}[eval]{batch}"] = bench.scores(
+            run["acc"]["none"])  # the same training as without ca_batch; named apart for --merge
         seconds[name] = round(time.perf_counter() - t, 1)
     print(f"seed {seed}: {seconds}", file=sys.stderr, flush=True)
     return {"seed": seed, "rows": rows, "seconds": seconds, "trace": traces}
