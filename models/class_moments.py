@@ -106,11 +106,10 @@ def reduced_class_moments(features: torch.Tensor, targets: torch.Tensor,
     if not is_distributed():
         check_update_inputs(features, targets, 0, None)
         return local_class_moments(features, targets, covariance)
+    empty_shard = features.dim() == 2 and features.shape[0] == 0 and targets.shape == (0,)
     error = None
     try:
-        if features.dim() == 2 and features.shape[0] == 0 and targets.shape == (0,):
-            pass  # an empty shard: nothing to check
-        else:
+        if not empty_shard:
             check_update_inputs(features, targets, 0, None)
     except (TypeError, ValueError) as err:
         error = err

@@ -49,24 +49,21 @@ def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
     Every process must call it with tensors of the same shapes and dtypes, in the
     same order. Returns ``tensors``.
     """
-    if not is_distributed():
-        return tensors
-    device = _comm_device()
-    for t in tensors:
-        moved = t.detach().to(device)
-        torch.distributed.all_reduce(moved)
-        t.copy_(moved)
-    return tensors
+    return _all_reduce(tensors, "SUM")
 
 
 def all_reduce_max(tensors: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
     """Elementwise maximum of each tensor over all processes, in place; returns ``tensors``."""
+    return _all_reduce(tensors, "MAX")
+
+
+def _all_reduce(tensors: Sequence[torch.Tensor], op: str) -> Sequence[torch.Tensor]:
     if not is_distributed():
         return tensors
     device = _comm_device()
     for t in tensors:
         moved = t.detach().to(device)
-        torch.distributed.all_reduce(moved, op=torch.distributed.ReduceOp.MAX)
+        torch.distributed.all_reduce(moved, op=getattr(torch.distributed.ReduceOp, op))
         t.copy_(moved)
     return tensors
 

@@ -42,15 +42,20 @@ def sdc_shifts(
     normalisation, so a far class gets the nearest samples' mean displacement
     instead of a division by zero.
     """
-    if before.shape != after.shape or before.dim() != 2 or before.shape[0] < 1:
-        raise ValueError(f"before and after must be the same [N >= 1, D], got "
+    _check_sdc_inputs(before, after, means, sigma, min_rows=1)
+    _, total, weighted = sdc_partial_sums(before, after, means, sigma, normalise)
+    return weighted / total[:, None]
+
+
+def _check_sdc_inputs(before: torch.Tensor, after: torch.Tensor, means: torch.Tensor,
+                      sigma: object, min_rows: int) -> None:
+    if before.shape != after.shape or before.dim() != 2 or before.shape[0] < min_rows:
+        raise ValueError(f"before and after must be the same [N >= {min_rows}, D], got "
                          f"{tuple(before.shape)} and {tuple(after.shape)}")
     if means.dim() != 2 or means.shape[1] != before.shape[1]:
         raise ValueError(f"means must be [C, {before.shape[1]}], got {tuple(means.shape)}")
     if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or not sigma > 0:
         raise ValueError(f"sigma must be a number > 0, got {sigma!r}")
-    _, total, weighted = sdc_partial_sums(before, after, means, sigma, normalise)
-    return weighted / total[:, None]
 
 
 def sdc_partial_sums(
@@ -90,13 +95,9 @@ def reduced_sdc_shifts(
     and the same ``means``; the partial sums are combined with one all-reduce
     max and one all-reduce sum of ``[C]``, ``[C]`` and ``[C, D]`` tensors, and
     every process gets the same ``[C, D]`` shifts. Without a process group it is
-    :func:`sdc_shifts`.
+    :func:`sdc_shifts` (the rescale is by ``exp(0) = 1``; at least one row needed).
     """
-    if not is_distributed():
-        return sdc_shifts(before, after, means, sigma, normalise)
-    if before.shape != after.shape or before.dim() != 2:
-        raise ValueError(f"before and after must be the same [N, D], got "
-                         f"{tuple(before.shape)} and {tuple(after.shape)}")
+    _check_sdc_inputs(before, after, means, sigma, min_rows=0 if is_distributed() else 1)
     top, total, weighted = sdc_partial_sums(before, after, means, sigma, normalise)
     (best,) = all_reduce_max([top.clone()])
     scale = torch.exp(top - best)  # 0 for a part without rows

@@ -76,6 +76,11 @@ class ClassGaussianStats:
         return sorted(self.means)
 
     @property
+    def feature_dim(self) -> int | None:
+        """D of the stored features; None before any class is stored."""
+        return next(iter(self.means.values())).shape[0] if self.means else None
+
+    @property
     def covs(self) -> dict[int, torch.Tensor]:
         """Per class ``S / max(n - 1, 1) + ridge``: ``[D, D]`` (full) or ``[D]`` (diagonal)."""
         if self.covariance == "shared":
@@ -104,7 +109,7 @@ class ClassGaussianStats:
         Returns:
             The classes stored, ascending.
         """
-        d = next(iter(self.means.values())).shape[0] if self.means else None
+        d = self.feature_dim
         check_update_inputs(features, targets, group, d)
         return self.update_moments(local_class_moments(features, targets, self.covariance), group)
 
@@ -151,7 +156,7 @@ class ClassGaussianStats:
             raise ValueError(f"group must be an int >= 0, got {group!r}")
         if not isinstance(moments, dict) or not moments:
             raise ValueError("moments must be a non-empty dict class -> (n, mean, scatter, rows)")
-        d = next(iter(self.means.values())).shape[0] if self.means else None
+        d = self.feature_dim
         for c, moment in moments.items():
             n, mean, scatter, rows = moment
             d = mean.shape[0] if d is None else d
@@ -205,7 +210,7 @@ class ClassGaussianStats:
         means and the ridge are kept. Checked before anything changes.
         """
         classes = self.classes if classes is None else classes
-        d = next(iter(self.means.values())).shape[0] if self.means else 0
+        d = self.feature_dim or 0
         if not isinstance(transform, torch.Tensor) or transform.shape != (d, d) \
                 or not bool(torch.isfinite(transform).all()):
             raise ValueError(f"transform must be a finite [{d}, {d}] tensor")
@@ -224,7 +229,7 @@ class ClassGaussianStats:
 
     def shared_covariance(self) -> torch.Tensor:
         """Pooled within-class covariance ``sum_c S_c / sum_c (n_c - 1) + ridge * I``."""
-        d = next(iter(self.means.values())).shape[0]
+        d = self.feature_dim
         dof = sum(max(self.counts[c] - 1, 0) for c in self.scatters)
         pooled = torch.zeros(d, d, dtype=torch.float64)
         for c in sorted(self.scatters):
