@@ -1,12 +1,9 @@
 """Two CPU processes (gloo, localhost) on disjoint shards end with one process's ridge weights."""
 
-import socket
-
 import numpy as np
 import scipy.linalg
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_harness import run_on_processes
 
 from neve.models import BufferLayer, RecursiveLeastSquares
 
@@ -21,47 +18,31 @@ def data():
     return x, y
 
 
-def worker(rank: int, world: int, port: int, out: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
+def on_process(rank: int, world: int) -> dict:
+    x, y = data()
+    shard = slice(rank * N // world, (rank + 1) * N // world)
+    xs, ys = x[shard], y[shard]
+    buffer = BufferLayer(D, B, seed=1)
+    head = RecursiveLeastSquares(B, GAMMA)
+    # uneven batches per rank, same number of calls (one empty)
+    sizes = [50, 0, 60, 90] if rank == 0 else [10, 120, 40, 30]
+    start = 0
+    for size in sizes:
+        head.partial_fit(buffer(xs[start : start + size]), ys[start : start + size])
+        start += size
+    # a bad batch on rank 1 makes every rank raise, and changes nothing
+    bad = torch.full((2, B), float("nan"), dtype=torch.float64) if rank == 1 else \
+        torch.zeros(2, B, dtype=torch.float64)
     try:
-        x, y = data()
-        shard = slice(rank * N // world, (rank + 1) * N // world)
-        xs, ys = x[shard], y[shard]
-        buffer = BufferLayer(D, B, seed=1)
-        head = RecursiveLeastSquares(B, GAMMA)
-        # uneven batches per rank, same number of calls (one empty)
-        sizes = [50, 0, 60, 90] if rank == 0 else [10, 120, 40, 30]
-        start = 0
-        for size in sizes:
-            head.partial_fit(buffer(xs[start : start + size]), ys[start : start + size])
-            start += size
-        # a bad batch on rank 1 makes every rank raise, and changes nothing
-        bad = torch.full((2, B), float("nan"), dtype=torch.float64) if rank == 1 else \
-            torch.zeros(2, B, dtype=torch.float64)
-        try:
-            head.partial_fit(bad, torch.zeros(2, dtype=torch.long))
-            raised = False
-        except ValueError:
-            raised = True
-        torch.save(
-            {"weight": head.weight, "raised": raised, "seen": int(head.num_seen)},
-            f"{out}/rank{rank}.pt",
-        )
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        head.partial_fit(bad, torch.zeros(2, dtype=torch.long))
+        raised = False
+    except ValueError:
+        raised = True
+    return {"weight": head.weight, "raised": raised, "seen": int(head.num_seen)}
 
 
 def test_two_gloo_workers_match_one_process_joint_ridge(tmp_path):
-    mp.spawn(worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
-    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    results = run_on_processes(on_process, tmp_path)
     x, y = data()
     feats = np.maximum(x.numpy() @ BufferLayer(D, B, seed=1).weight.numpy(), 0)
     targets = np.eye(7)[y.numpy()]

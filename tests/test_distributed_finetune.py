@@ -9,10 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from avalanche.benchmarks import nc_benchmark
-from test_distributed_methods import example, free_port
+from gloo_harness import run_on_processes
+from test_distributed_methods import example
 
 from neve.benchmarks import digits
 from neve.models import PretrainedClassifier
@@ -51,22 +50,13 @@ def indivisible_batch_error() -> str:
     return ""
 
 
-def worker(rank: int, world: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world)
-    try:
-        results = finetuned_slca()
-        torch.save(results, f"{out}/rank{rank}.pt")
-        with open(f"{out}/error{rank}.txt", "w") as f:
-            f.write(indivisible_batch_error())
-    finally:
-        dist.destroy_process_group()
+def on_process(rank: int, world: int) -> dict:
+    return {"slca": finetuned_slca(), "error": indivisible_batch_error()}
 
 
 def test_finetuned_slca_on_two_gloo_processes_matches_one_process(tmp_path):
-    mp.spawn(worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    results = run_on_processes(on_process, tmp_path)
+    ranks = [r["slca"] for r in results]
     one = finetuned_slca()
     assert {"backbone.1.weight", "backbone.1.bias", "means", "covariances"} <= set(one)
     assert set(one) == set(ranks[0]) == set(ranks[1])
@@ -81,8 +71,8 @@ def test_finetuned_slca_on_two_gloo_processes_matches_one_process(tmp_path):
             assert float((got - ref).norm()) / scale < TOLERANCE, key
     # DDP keeps the two processes' weights equal
     assert torch.equal(ranks[0]["backbone.1.weight"], ranks[1]["backbone.1.weight"])
-    for r in (0, 1):
-        message = (tmp_path / f"error{r}.txt").read_text()
+    for result in results:
+        message = result["error"]
         assert "train_mb_size=15" in message and "2 processes" in message
 
 

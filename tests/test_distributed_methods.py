@@ -7,16 +7,14 @@ test process runs the same without a process group.
 """
 
 import importlib.util
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from avalanche.benchmarks import nc_benchmark
 from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training.plugins import EvaluationPlugin
+from gloo_harness import run_on_processes
 
 from neve.benchmarks import LabelledTensorDataset, digits
 from neve.models.distributed import equal_batches, shard_range
@@ -70,27 +68,14 @@ def run_all() -> dict:
     return out
 
 
-def worker(rank: int, world: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world)
-    try:
-        results = run_all()
-        results["shard"] = torch.tensor(list(shard_range(1437)))
-        torch.save(results, f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def on_process(rank: int, world: int) -> dict:
+    results = run_all()
+    results["shard"] = torch.tensor(list(shard_range(1437)))
+    return results
 
 
 def test_two_gloo_processes_match_one_process(tmp_path):
-    mp.spawn(worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    ranks = run_on_processes(on_process, tmp_path)
     # the two shards are disjoint, contiguous and cover every item once
     assert torch.equal(torch.cat([r.pop("shard") for r in ranks]), torch.arange(1437))
     one = run_all()

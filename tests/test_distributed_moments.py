@@ -9,9 +9,7 @@ feature on one worker is refused on both.
 """
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from test_distributed_methods import free_port
+from gloo_harness import run_on_processes
 
 from neve.models.class_moments import local_class_moments, reduced_class_moments
 from neve.models.drift import (
@@ -64,29 +62,22 @@ def stored(moments_of, covariance: str, rank: int | None = None, uneven: bool = 
             **{f"rows{c}": r for c, r in stats.low_rank.items()}}
 
 
-def worker(rank: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=2)
+def on_process(rank: int, world: int) -> dict:
+    results = {f"{cov}/{uneven}": stored(reduced_class_moments, cov, rank, uneven)
+               for cov in ("full", "diagonal", "shared") for uneven in (False, True)}
+    x, y = data(0)
+    if rank == 1:
+        x[3, 1] = float("nan")
     try:
-        results = {f"{cov}/{uneven}": stored(reduced_class_moments, cov, rank, uneven)
-                   for cov in ("full", "diagonal", "shared") for uneven in (False, True)}
-        x, y = data(0)
-        if rank == 1:
-            x[3, 1] = float("nan")
-        try:
-            reduced_class_moments(x, y)
-            results["refused"] = "no"
-        except ValueError as err:
-            results["refused"] = str(err)
-        torch.save(results, f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+        reduced_class_moments(x, y)
+        results["refused"] = "no"
+    except ValueError as err:
+        results["refused"] = str(err)
+    return results
 
 
 def test_two_processes_store_one_process_gaussians(tmp_path):
-    mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    ranks = run_on_processes(on_process, tmp_path)
     for cov in ("full", "diagonal", "shared"):
         single = stored(lambda x, y, c: local_class_moments(x, y, c), cov)
         if cov == "full":  # classes 2 and 5 have <= D rows: sampled from their rows
