@@ -8,7 +8,8 @@ A script builds a strategy and a 5-experience benchmark, then calls
 * ``resume``: ``neve.plugins.maybe_load_checkpoint`` in a new process, then the rest.
 
 A test calls :func:`run_full_and_resumed` and compares what the uninterrupted
-and the resumed process saved.
+and the resumed process saved; :func:`assert_resumes_exactly` does the same
+comparison inside the test process.
 """
 
 from __future__ import annotations
@@ -67,3 +68,30 @@ def run_full_and_resumed(script: Path, tmp_path: Path) -> tuple[dict, dict]:
     finish(start("resume", resumed, ckpt))  # a new process
     finish(uninterrupted)
     return torch.load(full, weights_only=True), torch.load(resumed, weights_only=True)
+
+
+def assert_resumes_exactly(make, benchmark, ckpt: Path, save_after: int = 2) -> None:
+    """In this process, a run checkpointed after ``save_after`` experiences and resumed in
+    a fresh ``make()`` ends with the uninterrupted run's evaluation and model weights.
+
+    ``make()`` builds the strategy; both training runs start from ``torch.manual_seed(0)``.
+    """
+    torch.manual_seed(0)
+    full = make()
+    for exp in benchmark.train_stream:
+        full.train(exp)
+    acc_full = full.eval(benchmark.test_stream)
+    torch.manual_seed(0)
+    first = make()
+    for exp in benchmark.train_stream[:save_after]:
+        first.train(exp)
+    save_checkpoint(first, ckpt)
+    resumed, start = maybe_load_checkpoint(make(), ckpt)
+    assert start == save_after
+    for exp in benchmark.train_stream[start:]:
+        resumed.train(exp)
+    assert resumed.eval(benchmark.test_stream) == acc_full
+    state, state_resumed = full.model.state_dict(), resumed.model.state_dict()
+    assert state.keys() == state_resumed.keys()
+    for k in state:
+        assert torch.equal(state[k], state_resumed[k]), k

@@ -15,6 +15,7 @@ from avalanche.benchmarks import nc_benchmark
 from avalanche.models import DynamicModule
 from avalanche.training.plugins import ReplayPlugin
 from avalanche.training.storage_policy import ExperienceBalancedBuffer
+from resume_harness import assert_resumes_exactly
 
 from neve.benchmarks.datasets import LabelledTensorDataset
 from neve.plugins import CheckpointError, maybe_load_checkpoint, save_checkpoint
@@ -162,21 +163,7 @@ def test_recent_sets_refuse_another_size_and_change_nothing(bm):
 
 
 def test_replay_with_recent_sets_resumes_exactly(bm, tmp_path):
-    torch.manual_seed(0)
-    full = tune()
-    for exp in bm.train_stream:
-        full.train(exp)
-    torch.manual_seed(0)
-    first = tune()
-    for exp in bm.train_stream[:2]:
-        first.train(exp)
-    save_checkpoint(first, tmp_path / "ck")
-    resumed, start = maybe_load_checkpoint(tune(), tmp_path / "ck")
-    for exp in bm.train_stream[start:]:
-        resumed.train(exp)
-    assert resumed.eval(bm.test_stream) == full.eval(bm.test_stream)
-    for key, value in full.model.state_dict().items():
-        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    assert_resumes_exactly(tune, bm, tmp_path / "ck")
 
 
 def test_another_storage_policy_class_is_refused_before_anything_changes(bm, tmp_path):

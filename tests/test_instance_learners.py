@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 from bad_input import assert_refused
+from resume_harness import assert_resumes_exactly
 
 from neve.benchmarks import episode_benchmark, instance_test_episodes, run_episodes
 from neve.models import ConvNet, DotProductNCM, TunedNetwork, meta_train_protonet, pretrain_convnet
 from neve.models.convnet_training import dot_product_logits, protonet_episode_loss
-from neve.plugins import maybe_load_checkpoint, save_checkpoint
 from neve.strategies import NearestPrototype, tune_network
 from neve.strategies.nearest_prototype import prototype_scores
 
@@ -208,21 +208,4 @@ def test_checkpoint_mid_episode_resumes_exactly(digits_data, tmp_path, learner):
         replay = {"replay_sets": 2, "replay_samples": 4} if learner == "tune+replay" else {}
         return tune_network(body, 20, lr=0.1, **replay)
 
-    torch.manual_seed(0)
-    full = make()
-    for exp in bm.train_stream:
-        full.train(exp)
-    acc_full = full.eval(bm.test_stream)
-    torch.manual_seed(0)
-    first = make()
-    for exp in bm.train_stream[:2]:
-        first.train(exp)
-    save_checkpoint(first, tmp_path / "ck.pkl")
-    resumed, start = maybe_load_checkpoint(make(), tmp_path / "ck.pkl")
-    assert start == 2
-    for exp in bm.train_stream[start:]:
-        resumed.train(exp)
-    assert resumed.eval(bm.test_stream) == acc_full
-    state, state_resumed = full.model.state_dict(), resumed.model.state_dict()
-    for k in state:
-        assert torch.equal(state[k], state_resumed[k]), k
+    assert_resumes_exactly(make, bm, tmp_path / "ck.pkl")

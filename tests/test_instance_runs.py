@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from resume_harness import assert_resumes_exactly
 from scipy import stats
 
 from neve.benchmarks import (
@@ -17,7 +18,6 @@ from neve.benchmarks import (
     paired_conditions,
     run_episodes,
 )
-from neve.plugins import maybe_load_checkpoint, save_checkpoint
 from neve.strategies import (
     NearestPrototype,
     RecentSetsBuffer,
@@ -196,26 +196,7 @@ def test_checkpoint_mid_episode_resumes_exactly(digits_data, tmp_path, replay):
             return pretrain_tune(20, 64, lr=0.1, replay_sets=2, replay_samples=4)
         return NearestPrototype(num_classes=20, feature_dim=64)
 
-    torch.manual_seed(0)
-    full = make()
-    for exp in bm.train_stream:
-        full.train(exp)
-    acc_full = full.eval(bm.test_stream)
-
-    torch.manual_seed(0)
-    first = make()
-    for exp in bm.train_stream[:2]:
-        first.train(exp)
-    save_checkpoint(first, tmp_path / "ck.pkl")
-    resumed, start = maybe_load_checkpoint(make(), tmp_path / "ck.pkl")
-    assert start == 2
-    for exp in bm.train_stream[start:]:
-        resumed.train(exp)
-    assert resumed.eval(bm.test_stream) == acc_full
-    state, state_resumed = full.model.state_dict(), resumed.model.state_dict()
-    assert state.keys() == state_resumed.keys()
-    for k in state:
-        assert torch.equal(state[k], state_resumed[k]), k
+    assert_resumes_exactly(make, bm, tmp_path / "ck.pkl")
 
 
 def test_baselines_take_avalanche_keywords_or_say_what_is_fixed():
