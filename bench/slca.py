@@ -213,34 +213,46 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_run_arguments(p: argparse.ArgumentParser, threads: int) -> None:
+    """The options that :func:`preprocessed` data and :func:`run_arm` read (also used by
+    bench/slca_authors_loop.py, which calls them); apply ``--quick`` with :func:`quick`."""
     p.add_argument("--quick", action="store_true", help="tiny subsets, for a check")
     p.add_argument("--train-per-class", type=int, default=200)
     p.add_argument("--test-per-class", type=int, default=100)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.01, help="head lr of the slow arms")
-    p.add_argument("--seq-ft-lrs", type=float, nargs="+", default=[0.01, 0.001])
+    p.add_argument("--lr", type=float, default=0.01, help="head lr (Seq FT: --seq-ft-lrs)")
     p.add_argument("--backbone-lr-scale", type=float, default=0.01)
     p.add_argument("--samples-per-class", type=int, default=256)
     p.add_argument("--alignment-epochs", type=int, default=5)
-    p.add_argument("--alignment-batch-size", type=int, default=None)
+    p.add_argument("--alignment-batch-size", type=int, default=None,
+                   help="None: the plugin's default (adaptive)")
     p.add_argument("--drift-ridge", type=float, default=1.0,
                    help="ridge of the covariance drift fit (slca_sdc_cov)")
-    p.add_argument("--analytic-buffer", type=int, default=2048)
-    p.add_argument("--analytic-gamma", type=float, default=1.0)
     p.add_argument("--input-size", type=int, default=32)
-    p.add_argument("--norm", nargs="+", default=["eval"],
-                   choices=["eval", "slow", "frozen", "train"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=threads)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
+
+
+def quick(args: argparse.Namespace) -> None:
+    """``--quick``: tiny subsets, one epoch, a short alignment."""
     if args.quick:
         args.train_per_class, args.test_per_class, args.epochs = 10, 10, 1
         args.samples_per_class, args.alignment_epochs = 16, 1
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_run_arguments(p, threads=2)
+    p.add_argument("--seq-ft-lrs", type=float, nargs="+", default=[0.01, 0.001])
+    p.add_argument("--analytic-buffer", type=int, default=2048)
+    p.add_argument("--analytic-gamma", type=float, default=1.0)
+    p.add_argument("--norm", nargs="+", default=["eval"],
+                   choices=["eval", "slow", "frozen", "train"])
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    args = p.parse_args(argv)
+    quick(args)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     wall = time.perf_counter()

@@ -267,38 +267,20 @@ def summarise(per_seed: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny subsets, for a check")
+    bench.add_run_arguments(p, threads=1)
     p.add_argument("--merge", nargs="+", help="summarise the JSON outputs of earlier runs")
-    p.add_argument("--train-per-class", type=int, default=200)
-    p.add_argument("--test-per-class", type=int, default=100)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.01, help="head lr")
-    p.add_argument("--backbone-lr-scale", type=float, default=0.01)
-    p.add_argument("--samples-per-class", type=int, default=256)
-    p.add_argument("--alignment-epochs", type=int, default=5)
-    p.add_argument("--alignment-batch-size", type=int, default=None,
-                   help="neve rows' alignment batch (None: bench/slca.py's default)")
-    p.add_argument("--drift-ridge", type=float, default=1.0,
-                   help="bench/slca.py's run_arm option (its slca_sdc_cov variant, not reported)")
-    p.add_argument("--input-size", type=int, default=32)
     p.add_argument("--norm", default="eval", choices=["eval", "train"],
                    help="the authors' loop's backbone mode (train: their code as written)")
     p.add_argument("--sides", nargs="+", default=["authors", "neve"], choices=["authors", "neve"])
     p.add_argument("--neve-arms", nargs="+", default=[a[0] for a in NEVE_ARMS],
                    choices=[a[0] for a in NEVE_ARMS])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     if args.merge:
         per_seed = [s for f in args.merge for s in json.loads(Path(f).read_text())["per_seed"]]
         report = {"merged": args.merge, "arms": summarise(per_seed), "per_seed": per_seed}
         print(json.dumps(report, indent=1))
         return report
-    if args.quick:
-        args.train_per_class, args.test_per_class, args.epochs = 10, 10, 1
-        args.samples_per_class, args.alignment_epochs = 16, 1
+    bench.quick(args)
     args.feature_dim = 1280
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
