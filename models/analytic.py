@@ -45,12 +45,11 @@ from .arguments import check_int
 from .recursive_least_squares import (
     DEFAULT_MAX_CLASSES,
     RecursiveLeastSquares,
-    distributed_active,
     keep_float64,
 )
 from .ridge import check_features
 
-__all__ = ["AnalyticClassifier", "BufferLayer", "RecursiveLeastSquares", "distributed_active"]
+__all__ = ["AnalyticClassifier", "BufferLayer", "RecursiveLeastSquares"]
 
 # ----------------------------------------------------------------------------- modules
 class BufferLayer(nn.Module):

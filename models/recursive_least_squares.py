@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arguments import check_int, check_number
+from .distributed import all_reduce_max, all_reduce_sum, is_distributed
 from .ridge import (
     accumulate_statistics,
     check_features,
@@ -48,15 +49,6 @@ CONDITION_LIMIT = 1e12
 #: Default cap on the number of classes (the head has one column per class).
 DEFAULT_MAX_CLASSES = 30_000
 _UNIT_ROUNDOFF = 2.0**-53
-
-
-def distributed_active() -> bool:
-    """True when a ``torch.distributed`` process group with more than one process is up."""
-    return (
-        torch.distributed.is_available()
-        and torch.distributed.is_initialized()
-        and torch.distributed.get_world_size() > 1
-    )
 
 
 def keep_float64(fn):
@@ -277,7 +269,7 @@ class RecursiveLeastSquares(nn.Module):
         changes (one all-reduce max of ``[max label, invalid]``).
         """
         max_label = int(y.max()) if error is None and y.numel() else -1
-        if not distributed_active():
+        if not is_distributed():
             if error is not None:
                 raise ValueError(error)
             return max_label
@@ -286,10 +278,7 @@ class RecursiveLeastSquares(nn.Module):
                 "method='woodbury' cannot be used under torch.distributed; "
                 "use method='accumulate' (its statistics are summed across workers)"
             )
-        flags = torch.tensor([max_label, int(error is not None)], dtype=torch.long)
-        backend = torch.distributed.get_backend()
-        flags = flags.to(self.num_seen.device if backend == "nccl" else "cpu")
-        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        (flags,) = all_reduce_max([torch.tensor([max_label, int(error is not None)])])
         if error is not None:
             raise ValueError(error)
         if bool(flags[1]):
@@ -302,8 +291,7 @@ class RecursiveLeastSquares(nn.Module):
         cross = torch.zeros_like(self.cross)
         accumulate_statistics(gram, cross, x, y)
         count = torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device)
-        for t in (gram, cross, count):
-            torch.distributed.all_reduce(t)
+        all_reduce_sum([gram, cross, count])
         self.gram += gram
         self.cross += cross
         self.num_seen += int(count.round())
@@ -324,7 +312,7 @@ class RecursiveLeastSquares(nn.Module):
         x = x.to(device=dev, dtype=torch.float64)
         y = y.to(device=dev, dtype=torch.long)
         self._grow(max_label + 1)
-        if self.method == "accumulate" and distributed_active():
+        if self.method == "accumulate" and is_distributed():
             self._accumulate_everywhere(x, y)
         elif self.method == "accumulate":
             accumulate_statistics(self.gram, self.cross, x, y)

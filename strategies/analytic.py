@@ -17,7 +17,8 @@ from avalanche.training.templates import SupervisedTemplate
 from avalanche.training.templates.base import BasePlugin
 from torch import nn
 
-from ..models.analytic import AnalyticClassifier, distributed_active
+from ..models.analytic import AnalyticClassifier
+from ..models.distributed import is_distributed
 from ..models.recursive_least_squares import DEFAULT_MAX_CLASSES
 from ..plugins.distributed import ExactShardsPlugin
 from .arguments import check_device, check_int, check_number
@@ -249,7 +250,7 @@ class AnalyticCIL(SupervisedTemplate):
             self._after_update(**kwargs)
             self._after_training_iteration(**kwargs)
         expected = len(self.experience.dataset)
-        if fitted != expected and not distributed_active():
+        if fitted != expected and not is_distributed():
             raise ValueError(
                 f"experience {self.experience.current_experience} holds {expected} training "
                 f"samples, but {fitted} were fed to the head (a plugin replaced or stopped "
