@@ -7,8 +7,9 @@
     torchrun --standalone --nproc_per_node=2 examples/distributed.py --method curriculum
 
 Split digits (5 experiences of 2 classes) with a small seeded MLP backbone.
-``DistributedHelper.init_distributed`` starts the process group (NCCL on GPUs,
-gloo on CPU); Avalanche shards the data loaders. Saved by rank 0, a dict of
+``neve.plugins.init_distributed`` starts the process group (NCCL on GPUs, gloo on
+CPU; ``--backend gloo`` also on GPUs) with each process on its node's GPU
+``cuda:LOCAL_RANK``; Avalanche shards the data loaders. Saved by rank 0, a dict of
 tensors (``torch.load(OUT, weights_only=True)``), the same for any number of
 processes:
 
@@ -41,6 +42,7 @@ from neve.plugins import (
     DDPPlugin,
     GlobalBatchPlugin,
     SlowLearnerPlugin,
+    init_distributed,
 )
 from neve.strategies import SLCA, AnalyticCIL
 
@@ -128,12 +130,12 @@ def main() -> None:
     parser.add_argument("--finetune", action="store_true",
                         help="slca: train the backbone too (DDP), not only the head")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", choices=("nccl", "gloo"), default=None,
+                        help="default: nccl with CUDA, gloo without")
+    parser.add_argument("--cpu", action="store_true", help="stay on the CPU with a GPU present")
     args = parser.parse_args()
 
-    cuda = torch.cuda.is_available()
-    DistributedHelper.init_distributed(args.seed, backend="nccl" if cuda else "gloo",
-                                       use_cuda=cuda)
-    device = DistributedHelper.make_device()
+    device = init_distributed(args.seed, backend=args.backend, use_cuda=not args.cpu)
     train, test = digits(seed=0)
     bm = nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=0)
     run = {"analytic": analytic, "slca": slca, "curriculum": curriculum}[args.method]

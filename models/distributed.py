@@ -37,6 +37,31 @@ def rank_and_world() -> tuple[int, int]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
+def process_device(local_rank: int, cuda_devices: int) -> torch.device:
+    """The device of the process with ``local_rank`` on a node with ``cuda_devices`` GPUs.
+
+    ``cuda:<local_rank>`` (torchrun's ``LOCAL_RANK``, the process's index on its
+    node), or the CPU when ``cuda_devices`` is 0. Avalanche 0.6.0's
+    ``DistributedHelper`` uses the global rank instead, which names a GPU that
+    does not exist on every node after the first.
+
+    Raises:
+        ValueError: ``local_rank`` negative, or not below ``cuda_devices`` (more
+            processes on the node than GPUs).
+    """
+    if isinstance(local_rank, bool) or not isinstance(local_rank, int) or local_rank < 0:
+        raise ValueError(f"local_rank must be an int >= 0 (torchrun's LOCAL_RANK), got "
+                         f"{local_rank!r}")
+    if cuda_devices == 0:
+        return torch.device("cpu")
+    if local_rank >= cuda_devices:
+        raise ValueError(
+            f"LOCAL_RANK={local_rank} but this node has {cuda_devices} CUDA device(s): start "
+            f"at most {cuda_devices} process(es) per node (--nproc_per_node), one per GPU"
+        )
+    return torch.device("cuda", local_rank)
+
+
 def _comm_device() -> torch.device:
     if torch.distributed.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())

@@ -14,7 +14,7 @@ from .curriculum_metrics import (
     curriculum_effectiveness,
     effectiveness_f,
 )
-from .distributed import DDPPlugin, ExactShardsPlugin, GlobalBatchPlugin
+from .distributed import DDPPlugin, ExactShardsPlugin, GlobalBatchPlugin, init_distributed
 from .progress import PhaseProgressLogger
 from .slow_learner import SlowLearnerPlugin
 
@@ -25,6 +25,7 @@ __all__ = [
     "DDPPlugin",
     "ExactShardsPlugin",
     "GlobalBatchPlugin",
+    "init_distributed",
     "CurriculumEffectiveness",
     "PhaseProgressLogger",
     "curriculum_effectiveness",

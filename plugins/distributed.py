@@ -16,18 +16,26 @@ model unwrapped and does not reduce its metrics. Three plugins fill the gaps:
   global mini-batches of ``train_mb_size`` items (also in one process), and its
   loss is weighted so that DDP's averaged gradient is the gradient of the mean
   loss over the global batch, i.e. the one-process SGD step up to rounding.
-* :class:`DDPPlugin`: wraps the model in ``DistributedDataParallel``
-  (``DistributedHelper.wrap_model``) for each training epoch and unwraps it after,
-  so a head that grew (``IncrementalClassifier``) or new optimizer parameter
-  groups (the slow learner) get a fresh wrapper, and the other plugins see the
-  plain model (neve's model contract, ``model.features`` / ``model.classifier``).
+* :class:`DDPPlugin`: wraps the model in ``DistributedDataParallel`` for each
+  training epoch and unwraps it after, so a head that grew
+  (``IncrementalClassifier``) or new optimizer parameter groups (the slow
+  learner) get a fresh wrapper, and the other plugins see the plain model
+  (neve's model contract, ``model.features`` / ``model.classifier``).
+
+:func:`init_distributed` starts the process group as
+``DistributedHelper.init_distributed`` does, with each process on its node's
+GPU ``cuda:LOCAL_RANK``; Avalanche 0.6.0 uses ``cuda:RANK`` (the global rank),
+which does not exist on a second node.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 from avalanche.core import SupervisedPlugin
 from avalanche.distributed import DistributedHelper
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..models.arguments import check_int
@@ -35,8 +43,69 @@ from ..models.distributed import (
     exact_shard_loader,
     global_batch_part,
     is_distributed,
+    process_device,
     rank_and_world,
 )
+
+
+def init_distributed(seed: int, backend: str | None = None, use_cuda: bool = True
+                     ) -> torch.device:
+    """Start ``torch.distributed`` for Avalanche; returns this process's device.
+
+    What ``DistributedHelper.init_distributed(seed, backend, use_cuda)`` does (the
+    process group from torchrun's environment, the same seed in every process,
+    Avalanche's map for unpickled tensors), except that each process is put on
+    its own node's GPU, ``cuda:LOCAL_RANK``
+    (:func:`neve.models.distributed.process_device`). Avalanche 0.6.0 uses
+    ``cuda:RANK``, the global rank: on the second node of 4 GPUs each, rank 4 asks
+    for ``cuda:4`` and fails (``invalid device ordinal``); the same happens in its
+    ``wrap_model``, which :class:`DDPPlugin` therefore does not use.
+
+    Without torchrun's environment (no ``LOCAL_RANK``) no process group is started:
+    one process, on ``cuda:0`` or the CPU. ``backend`` defaults to ``"nccl"`` with
+    CUDA and ``"gloo"`` without; ``"gloo"`` also works with CUDA tensors.
+
+    Raises:
+        RuntimeError: a process group is already up.
+        ValueError: ``seed`` negative, ``backend`` not a string, ``LOCAL_RANK`` not
+            a non-negative integer or not below the node's GPU count.
+    """
+    seed = check_int(seed, "seed", minimum=0)
+    if backend is not None and not isinstance(backend, str):
+        raise ValueError(f"backend must be None, 'nccl' or 'gloo', got {backend!r}")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        raise RuntimeError("a torch.distributed process group is already up; "
+                           "init_distributed starts it")
+    use_cuda = bool(use_cuda) and torch.cuda.is_available()
+    local_rank = os.environ.get("LOCAL_RANK")
+    try:
+        index = int(local_rank or 0)
+    except ValueError:
+        raise ValueError(f"LOCAL_RANK must be an integer, got {local_rank!r}") from None
+    device = process_device(index, torch.cuda.device_count() if use_cuda else 0)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if local_rank is not None:
+        backend = backend or ("nccl" if use_cuda else "gloo")
+        torch.distributed.init_process_group(
+            backend=backend, device_id=device if backend == "nccl" else None)
+    DistributedHelper.use_cuda = use_cuda
+    DistributedHelper.set_random_seeds(seed)
+    DistributedHelper._dev_map = DistributedHelper._make_map(device)
+    return device
+
+
+def ddp_device_ids(model: torch.nn.Module) -> list[torch.device] | None:
+    """``device_ids`` for ``DistributedDataParallel(model)``: the model's one GPU, else None.
+
+    None for a model on the CPU (or spread over several devices), as DDP expects.
+    """
+    devices = {p.device for p in model.parameters()}
+    if len(devices) == 1:
+        (device,) = devices
+        if device.type == "cuda":
+            return [device]
+    return None
 
 
 def _collate(dataset) -> dict:
@@ -162,9 +231,11 @@ class GlobalBatchPlugin(SupervisedPlugin, supports_distributed=True):
 class DDPPlugin(SupervisedPlugin, supports_distributed=True):
     """``DistributedDataParallel`` around the model for each training epoch.
 
-    ``before_training_epoch`` wraps ``strategy.model`` with
-    ``DistributedHelper.wrap_model`` (gradients averaged across processes at each
-    backward); ``after_training_epoch`` puts the plain model back. Put it after
+    ``before_training_epoch`` wraps ``strategy.model`` in
+    ``DistributedDataParallel`` on the model's own device (:func:`ddp_device_ids`;
+    not ``DistributedHelper.wrap_model``, which picks ``cuda:RANK``), so gradients
+    are averaged across processes at each backward; ``after_training_epoch`` puts
+    the plain model back. Put it after
     the plugins that change the model or the optimizer in ``before_training_epoch``
     (the slow learner's ``norm_stats``), so they see the plain model. Does nothing
     in a single process. No state.
@@ -172,9 +243,9 @@ class DDPPlugin(SupervisedPlugin, supports_distributed=True):
 
     def before_training_epoch(self, strategy, **kwargs) -> None:
         if is_distributed():
-            strategy.model = DistributedHelper.wrap_model(
-                DistributedHelper.unwrap_model(strategy.model)
-            )
+            model = DistributedHelper.unwrap_model(strategy.model)
+            strategy.model = DistributedDataParallel(
+                model, device_ids=ddp_device_ids(model), find_unused_parameters=True)
 
     def after_training_epoch(self, strategy, **kwargs) -> None:
         strategy.model = DistributedHelper.unwrap_model(strategy.model)

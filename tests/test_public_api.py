@@ -14,8 +14,8 @@ PUBLIC = {
         "AnalyticHeadPlugin", "ClassGaussianStats", "ClassifierAlignmentPlugin",
         "CurriculumEffectiveness", "DDPPlugin", "ExactShardsPlugin", "GlobalBatchPlugin",
         "SlowLearnerPlugin", "curriculum_effectiveness",
-        "effectiveness_f", "maybe_load_checkpoint", "restore_submodule_attributes",
-        "save_checkpoint",
+        "effectiveness_f", "init_distributed", "maybe_load_checkpoint",
+        "restore_submodule_attributes", "save_checkpoint",
     ],
     "neve.benchmarks": [
         "BackboneFeatures", "BoundaryAwareOnlineExperience", "CurriculumDesigner",
