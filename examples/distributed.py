@@ -143,7 +143,7 @@ def main() -> None:
     if DistributedHelper.is_main_process:
         world = DistributedHelper.world_size
         per = sum(seconds) / len(seconds)
-        print(f"{args.method}: {world} process(es), {per:.3f} s per experience "
+        print(f"{args.method}: {world} process(es), {per:.5f} s per experience "
               f"({len(seconds)} timed)")
         if args.save:
             torch.save({k: v.detach().cpu() for k, v in tensors.items()}, args.save)

@@ -3,26 +3,27 @@
 Avalanche 0.6.0's ``DistributedHelper`` puts a process on ``cuda:<global rank>``:
 on the second node of a 2 x 4 GPU run, rank 5 asks for ``cuda:5``, which that
 node does not have. ``neve.plugins.init_distributed`` uses torchrun's
-``LOCAL_RANK``. No GPU here: the CUDA calls are recorded, not made.
+``LOCAL_RANK``. No GPU here: the CUDA calls are recorded, not made. The
+several-node command runs through bench/distributed.py's launcher.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 from avalanche.distributed import DistributedHelper
-from gloo_harness import free_port
 
 from neve.models.distributed import process_device
 from neve.plugins import init_distributed
 from neve.plugins.distributed import ddp_device_ids
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "distributed.py"
+PATH = Path(__file__).resolve().parents[1] / "bench" / "distributed.py"
+SPEC = importlib.util.spec_from_file_location("neve_bench_distributed", PATH)
+bench = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(bench)
 
 
 @pytest.mark.parametrize(("local_rank", "gpus", "expected"), [
@@ -114,31 +115,16 @@ def test_ddp_device_ids_cpu_model_is_none():
     assert ddp_device_ids(torch.nn.Linear(2, 2)) is None
 
 
-def _torchrun(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", *args, str(EXAMPLE), "--method",
-         "analytic", "--save", "out.pt"],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def test_two_nodes_from_the_readme_save_the_one_process_head():
+    """The README's several-node command, as two one-process "nodes" on localhost."""
+    result = bench.compare("analytic", processes=2, layout="nodes")
+    assert result["tensors"] == 1
+    assert result["largest_relative_difference"] < 1e-6
 
 
-def test_two_nodes_from_the_readme_save_the_one_process_head(tmp_path):
-    """The README's several-node command, two one-process "nodes" on localhost."""
-    one = tmp_path / "one"
-    nodes = [tmp_path / "node0", tmp_path / "node1"]
-    for d in (one, *nodes):
-        d.mkdir()
-    port = free_port()
-    runs = [_torchrun(["--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
-                       f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=neve-test"], d)
-            for d in nodes]
-    runs.append(_torchrun(["--standalone", "--nproc_per_node=1"], one))
-    for run in runs:
-        out, _ = run.communicate(timeout=300)
-        assert run.returncode == 0, out
-    saved = [d / "out.pt" for d in nodes if (d / "out.pt").exists()]
-    assert len(saved) == 1  # rank 0 saves, on whichever node it is
-    two = torch.load(saved[0], weights_only=True)["weight"]
-    ref = torch.load(one / "out.pt", weights_only=True)["weight"]
-    assert two.shape == ref.shape
-    assert float((two - ref).norm() / ref.norm()) < 1e-6
+def test_largest_relative_difference_is_independent_of_order_and_checks_keys():
+    a = {"w": torch.tensor([3.0, 4.0]), "z": torch.zeros(2)}
+    b = {"w": torch.tensor([3.0, 4.5]), "z": torch.zeros(2)}
+    assert bench.largest_relative_difference(a, b) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="keys differ"):
+        bench.largest_relative_difference(a, {"w": a["w"]})
