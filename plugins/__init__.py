@@ -14,7 +14,13 @@ from .curriculum_metrics import (
     curriculum_effectiveness,
     effectiveness_f,
 )
-from .distributed import DDPPlugin, ExactShardsPlugin, GlobalBatchPlugin, init_distributed
+from .distributed import (
+    DDPPlugin,
+    ExactShardsPlugin,
+    GlobalBatchPlugin,
+    WholeEvaluationPlugin,
+    init_distributed,
+)
 from .progress import PhaseProgressLogger
 from .slow_learner import SlowLearnerPlugin
 
@@ -25,6 +31,7 @@ __all__ = [
     "DDPPlugin",
     "ExactShardsPlugin",
     "GlobalBatchPlugin",
+    "WholeEvaluationPlugin",
     "init_distributed",
     "CurriculumEffectiveness",
     "PhaseProgressLogger",

@@ -136,9 +136,11 @@ class CurriculumEffectiveness(PluginMetric[dict]):
         """Under ``torch.distributed``: sum the counts of every process (sharded evaluation).
 
         Every process evaluates the same experiences, so the keys agree. When every
-        process evaluated the whole experience (:class:`~neve.plugins.ExactShardsPlugin`),
-        numerator and denominator are both multiplied by the number of processes and the
-        accuracy is unchanged.
+        process evaluated the whole experience (:class:`~neve.plugins.WholeEvaluationPlugin`,
+        SLCA, NearestPrototype, AnalyticCIL), numerator and denominator are both
+        multiplied by the number of processes and the accuracy is unchanged. On
+        Avalanche's own shards the sums count the items that its ``DistributedSampler``
+        repeats to pad the shards twice.
         """
         if not is_distributed():
             return

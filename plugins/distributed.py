@@ -4,13 +4,18 @@ Avalanche 0.6 shards its data loaders with torch's ``DistributedSampler`` when
 :class:`avalanche.distributed.DistributedHelper` is initialised, but leaves the
 model unwrapped and does not reduce its metrics. Three plugins fill the gaps:
 
+* :class:`WholeEvaluationPlugin`: evaluation on the whole experience in every
+  process, so every metric (Avalanche's accuracy,
+  :class:`~neve.plugins.CurriculumEffectiveness`) is the one-process value;
+  Avalanche evaluates each process on its padded ``DistributedSampler`` shard and
+  does not reduce its metrics, so rank 0 logs the accuracy of its shard. SLCA and
+  NearestPrototype evaluate this way by themselves.
 * :class:`ExactShardsPlugin`: training batches from disjoint, contiguous shards
   without the sampler's padding (which repeats items when the experience does
   not divide by the number of processes, so a sum over the shards would count
-  them twice), the same number of batches on every process; evaluation on the
-  whole experience in every process, so every metric (Avalanche's accuracy,
-  :class:`~neve.plugins.CurriculumEffectiveness`) is the one-process value. For
-  strategies that learn sums (:class:`~neve.strategies.AnalyticCIL`).
+  them twice), the same number of batches on every process; evaluation as
+  :class:`WholeEvaluationPlugin`. For strategies that learn sums
+  (:class:`~neve.strategies.AnalyticCIL`).
 * :class:`GlobalBatchPlugin`: training batches for DDP that do not depend on the
   number of processes: each process gets its ``1/W`` part of the same seeded
   global mini-batches of ``train_mb_size`` items (also in one process), and its
@@ -113,14 +118,40 @@ def _collate(dataset) -> dict:
     return {} if collate is None else {"collate_fn": collate}
 
 
-class ExactShardsPlugin(SupervisedPlugin, supports_distributed=True):
+def whole_experience_loader(dataset, batch_size: int) -> DataLoader:
+    """A plain loader over all of ``dataset``, in order (its ``collate_fn`` if it has one)."""
+    return DataLoader(dataset, batch_size=int(batch_size), shuffle=False, **_collate(dataset))
+
+
+class WholeEvaluationPlugin(SupervisedPlugin, supports_distributed=True):
+    """Every process evaluates the whole experience under ``torch.distributed``.
+
+    ``before_eval_exp`` replaces Avalanche's sharded loader with
+    :func:`whole_experience_loader` over ``adapted_dataset`` (``eval_mb_size``), so
+    the metrics that each process computes, and rank 0 logs, are the one-process
+    metrics. Each process does the whole evaluation's work. Does nothing in a
+    single process. No state.
+    """
+
+    def before_eval_exp(self, strategy, **kwargs) -> None:
+        if is_distributed():
+            strategy.dataloader = whole_experience_loader(strategy.adapted_dataset,
+                                                          strategy.eval_mb_size)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        return None
+
+
+class ExactShardsPlugin(WholeEvaluationPlugin):
     """Exact training shards and whole-experience evaluation under ``torch.distributed``.
 
     Replaces ``strategy.dataloader`` after Avalanche made it: for training, with
     :func:`neve.models.distributed.exact_shard_loader` over ``adapted_dataset``
     (``train_mb_size``, a seeded shuffle: ``seed + experience index``); for
-    evaluation, with a plain loader over the whole ``adapted_dataset``
-    (``eval_mb_size``, in order). Does nothing in a single process.
+    evaluation, as :class:`WholeEvaluationPlugin`. Does nothing in a single process.
 
     Args:
         seed: seed of the training shuffle (the same on every process).
@@ -143,13 +174,6 @@ class ExactShardsPlugin(SupervisedPlugin, supports_distributed=True):
             data, int(strategy.train_mb_size), shuffle=self.shuffle, seed=self.seed + index,
             **_collate(data),
         )
-
-    def before_eval_exp(self, strategy, **kwargs) -> None:
-        if not is_distributed():
-            return
-        data = strategy.adapted_dataset
-        strategy.dataloader = DataLoader(data, batch_size=int(strategy.eval_mb_size),
-                                         shuffle=False, **_collate(data))
 
     def state_dict(self) -> dict:
         return {"seed": self.seed, "shuffle": self.shuffle}
@@ -180,7 +204,8 @@ class GlobalBatchPlugin(SupervisedPlugin, supports_distributed=True):
     ignored targets change a part's count) and the model has no batch-norm or
     dropout in training mode (batch statistics and random masks differ per part).
     The loss that metrics see is the weighted one. Evaluation loaders are left
-    as Avalanche makes them.
+    as Avalanche makes them (sharded): add :class:`WholeEvaluationPlugin` for
+    one-process metrics (SLCA evaluates that way by itself).
 
     Args:
         seed: seed of the training permutations.

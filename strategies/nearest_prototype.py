@@ -30,6 +30,7 @@ from ..models.distributed import (
     raise_everywhere,
 )
 from ..models.prototypes import DotProductNCM
+from ..plugins.distributed import whole_experience_loader
 from ..plugins.training_modes import experience_classes
 from .arguments import check_bool, check_device, check_int
 from .episodic import episode_evaluator
@@ -250,9 +251,7 @@ class NearestPrototype(SupervisedTemplate):
         process (Avalanche does not reduce its metrics across processes)."""
         if not is_distributed():
             return super().make_eval_dataloader(**kwargs)
-        data = self.adapted_dataset
-        self.dataloader = torch.utils.data.DataLoader(
-            data, batch_size=int(self.eval_mb_size), shuffle=False, collate_fn=data.collate_fn)
+        self.dataloader = whole_experience_loader(self.adapted_dataset, self.eval_mb_size)
 
     def training_epoch(self, **kwargs) -> None:
         """One pass over the experience; under ``torch.distributed`` a bad batch on any

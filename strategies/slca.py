@@ -15,7 +15,9 @@ from torch.optim import Optimizer
 
 from ..models.arguments import check_int
 from ..models.classifier import model_part
+from ..models.distributed import is_distributed
 from ..plugins.alignment import ClassifierAlignmentPlugin, check_single_head
+from ..plugins.distributed import whole_experience_loader
 from ..plugins.slow_learner import SlowLearnerPlugin
 from ..plugins.training_modes import experience_classes
 from .slca_settings import PAPER_SETTINGS, SLCASettings, paper_parts
@@ -129,6 +131,14 @@ class SLCA(Naive):
     def _before_training_exp(self, **kwargs) -> None:
         self._current_classes = experience_classes(self.experience)
         super()._before_training_exp(**kwargs)
+
+    def make_eval_dataloader(self, **kwargs) -> None:
+        """Avalanche's loader; under ``torch.distributed`` the whole experience in every
+        process, so the metrics are the one-process metrics (Avalanche evaluates
+        padded shards and does not reduce its metrics)."""
+        if not is_distributed():
+            return super().make_eval_dataloader(**kwargs)
+        self.dataloader = whole_experience_loader(self.adapted_dataset, self.eval_mb_size)
 
     def criterion(self):
         """``criterion`` over the current experience's classes while training (see above)."""

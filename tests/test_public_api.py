@@ -13,7 +13,7 @@ PUBLIC = {
     "neve.plugins": [
         "AnalyticHeadPlugin", "ClassGaussianStats", "ClassifierAlignmentPlugin",
         "CurriculumEffectiveness", "DDPPlugin", "ExactShardsPlugin", "GlobalBatchPlugin",
-        "SlowLearnerPlugin", "curriculum_effectiveness",
+        "SlowLearnerPlugin", "WholeEvaluationPlugin", "curriculum_effectiveness",
         "effectiveness_f", "init_distributed", "maybe_load_checkpoint",
         "restore_submodule_attributes", "save_checkpoint",
     ],
