@@ -145,7 +145,7 @@ class WholeEvaluationPlugin(SupervisedPlugin, supports_distributed=True):
         return None
 
 
-class ExactShardsPlugin(WholeEvaluationPlugin):
+class ExactShardsPlugin(WholeEvaluationPlugin, supports_distributed=True):
     """Exact training shards and whole-experience evaluation under ``torch.distributed``.
 
     Replaces ``strategy.dataloader`` after Avalanche made it: for training, with
