@@ -45,6 +45,7 @@ import torch
 from avalanche.checkpointing import maybe_load_checkpoint as avalanche_load
 from avalanche.checkpointing import save_checkpoint as avalanche_save
 
+from ..models.distributed import raise_everywhere, rank_and_world
 from .checkpoint_match import class_problems, setting_problems, shape_problems
 from .state_file import CheckpointError, damaged, read_state_file, write_state_file
 from .strategy_state import load_strategy_state, strategy_state
@@ -78,18 +79,33 @@ def save_checkpoint(strategy, path: str | os.PathLike, *, format: str = "state")
             with a SHA-256 (see the module docstring). ``"pickle"``: Avalanche's
             dill pickle of the whole strategy; loading it runs code from the file.
 
+    Under ``torch.distributed`` every process calls it with the same ``path``;
+    rank 0 alone writes the file (on a file system that every process reads at
+    resume) and every process returns once it is written, or raises when rank 0
+    could not write it. Every process resumes from rank 0's state: the model,
+    the optimizer and neve's statistics are the same in every process, and the
+    RNG states are rank 0's.
+
     Raises:
         ValueError: ``format="state"`` and a plugin, metric, optimizer or attribute
             holds state that the format cannot store (named in the message);
             nothing is written.
     """
-    if format == "pickle":
-        restore_submodule_attributes()
-        avalanche_save(strategy, path)
-    elif format == "state":
-        write_state_file(path, strategy_state(strategy))
-    else:
+    if format not in ("state", "pickle"):
         raise ValueError(f"format must be 'state' or 'pickle', got {format!r}")
+    rank, _ = rank_and_world()
+    error = None
+    if rank == 0:
+        try:
+            if format == "pickle":
+                restore_submodule_attributes()
+                avalanche_save(strategy, path)
+            else:
+                write_state_file(path, strategy_state(strategy))
+        except Exception as err:  # noqa: BLE001 - raised again below, on every process
+            error = err
+    raise_everywhere(error, f"rank 0 could not write the checkpoint {os.fspath(path)} "
+                     "(see its error)")
 
 
 def maybe_load_checkpoint(
