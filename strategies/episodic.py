@@ -38,6 +38,7 @@ from avalanche.training.storage_policy import ExemplarsBuffer
 from avalanche.training.supervised import Naive
 
 from ..models.convnets import TunedNetwork
+from ..models.distributed import is_distributed
 from .arguments import check_bool, check_device, check_int, check_number
 
 # (support sets S) -> (last L sets kept, k samples per step), Kowadlo et al. (2022), replay
@@ -203,7 +204,19 @@ def pretrain_tune(
 
 def _tuning_strategy(model, lr, steps_per_set, replay_sets, replay_samples, train_mb_size,
                      eval_mb_size, device, plugins, evaluator, eval_every) -> Naive:
-    """Avalanche ``Naive`` with SGD on all of ``model``'s parameters, optionally with replay."""
+    """Avalanche ``Naive`` with SGD on all of ``model``'s parameters, optionally with replay.
+
+    Raises:
+        RuntimeError: under ``torch.distributed`` with several processes (see below).
+    """
+    if is_distributed():
+        raise RuntimeError(
+            "pretrain_tune and tune_network do not run under torch.distributed: each process "
+            "would tune on its shard of every support set, without averaging gradients, and "
+            "score its shard of the queries. An episode is a small, independent run: run "
+            "episodes in one process, or split the episodes (seeds) over separate jobs. "
+            "NearestPrototype is exact under torch.distributed"
+        )
     all_plugins = list(plugins or [])
     if replay_sets > 0:
         storage = RecentSetsBuffer(replay_sets)

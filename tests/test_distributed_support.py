@@ -1,4 +1,5 @@
-"""Every neve plugin declares ``supports_distributed`` and Avalanche's check passes (#14).
+"""Every neve plugin declares ``supports_distributed``, Avalanche's check passes, and the
+episodic tuning baselines refuse several processes (#14).
 
 Avalanche's ``BasePlugin.__init_subclass__`` sets ``supports_distributed = False``
 on every subclass that does not pass it again, so a subclass of a supporting
@@ -17,7 +18,8 @@ from avalanche.training.plugins import EvaluationPlugin
 import neve.plugins
 from neve.models import PretrainedClassifier
 from neve.plugins import CurriculumEffectiveness, WholeEvaluationPlugin
-from neve.strategies import SLCA, AnalyticCIL, NearestPrototype
+from neve.strategies import SLCA, AnalyticCIL, NearestPrototype, pretrain_tune
+from neve.strategies.episodic import tune_network
 
 PLUGINS = [obj for _, obj in inspect.getmembers(neve.plugins, inspect.isclass)
            if issubclass(obj, (BasePlugin, PluginMetric, BaseLogger))]
@@ -55,3 +57,16 @@ def test_avalanche_finds_every_plugin_of_neve_strategies_distributed(monkeypatch
                        if not getattr(p, "supports_distributed", False)]
         assert unsupported == [], type(strategy).__name__
         assert strategy._check_distributed_training_compatibility() is True
+
+
+@pytest.mark.parametrize("build", [
+    lambda: pretrain_tune(3, feature_dim=4),
+    lambda: tune_network(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 4)), 3,
+                         feature_dim=4),
+], ids=["pretrain_tune", "tune_network"])
+def test_episodic_tuning_refuses_several_processes(monkeypatch, build):
+    assert build() is not None  # one process: built
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    with pytest.raises(RuntimeError, match="shard of every support set"):
+        build()
