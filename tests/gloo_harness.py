@@ -36,6 +36,20 @@ def _process(rank: int, world: int, port: int, out: str, target: Callable) -> No
         dist.destroy_process_group()
 
 
+def error_of(call: Callable[[], object], errors: tuple[type[Exception], ...] = (ValueError,)
+             ) -> str:
+    """``"Type: message"`` of the error among ``errors`` that ``call()`` raised; "" if none.
+
+    For a process to report a refusal back (an exception object may not load with
+    ``weights_only=True``) and go on to the end of the group.
+    """
+    try:
+        call()
+    except errors as error:
+        return f"{type(error).__name__}: {error}"
+    return ""
+
+
 def run_on_processes(target: Callable, tmp_path: Path, world: int = 2,
                      timeout_s: float = 600) -> list:
     """``[target(r, world) for r in range(world)]``, each on its own gloo process."""

@@ -13,7 +13,7 @@ import torch
 from avalanche.benchmarks import nc_benchmark
 from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training.plugins import EvaluationPlugin
-from gloo_harness import run_on_processes
+from gloo_harness import error_of, run_on_processes
 from resume_harness import assert_resumes_exactly
 from test_distributed_methods import example
 
@@ -43,11 +43,9 @@ def on_process(folder: str, rank: int, world: int) -> dict:
     train, test = digits(seed=0)
     bm = nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=0)
     assert_resumes_exactly(make_slca, bm, f"{folder}/ck.ckpt", save_after=2)
-    try:  # rank 0 cannot write: every process raises, none waits forever
-        checkpoint.save_checkpoint(make_slca(), f"{folder}/missing/ck.ckpt")
-        failure = ""
-    except (OSError, RuntimeError, ValueError) as error:
-        failure = f"{type(error).__name__}: {error}"
+    failure = error_of(  # rank 0 cannot write: every process raises, none waits forever
+        lambda: checkpoint.save_checkpoint(make_slca(), f"{folder}/missing/ck.ckpt"),
+        (OSError, RuntimeError, ValueError))
     return {"writes": len(writes), "failure": failure}
 
 
