@@ -2,7 +2,7 @@
 
 Avalanche 0.6 shards its data loaders with torch's ``DistributedSampler`` when
 :class:`avalanche.distributed.DistributedHelper` is initialised, but leaves the
-model unwrapped and does not reduce its metrics. Three plugins fill the gaps:
+model unwrapped and does not reduce its metrics. Four plugins fill the gaps:
 
 * :class:`WholeEvaluationPlugin`: evaluation on the whole experience in every
   process, so every metric (Avalanche's accuracy,
