@@ -158,9 +158,19 @@ def shard(dataset: Dataset) -> Dataset:
 
     The parts of all processes, concatenated in rank order, are ``dataset`` in its
     order, each item once.
+
+    Raises:
+        ValueError: fewer items than processes (a part would be empty); every
+            process raises alike, so none waits in a collective for another.
     """
     if not is_distributed():
         return dataset
+    _, world = rank_and_world()
+    if len(dataset) < world:
+        raise ValueError(
+            f"the dataset holds {len(dataset)} items but there are {world} processes: every "
+            "process needs at least one item"
+        )
     return Subset(dataset, list(shard_range(len(dataset))))
 
 
@@ -177,7 +187,9 @@ def equal_batches(n: int, batch_size: int, *, shuffle: bool = False, seed: int =
 
     Raises:
         ValueError: ``n`` smaller than the number of processes (a process would
-            have no item), or ``batch_size < 1``.
+            have no item), ``batch_size < 1``, or a batch of some process would be
+            empty; decided from ``n``, ``batch_size`` and the number of processes
+            only, so every process raises alike.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -187,17 +199,16 @@ def equal_batches(n: int, batch_size: int, *, shuffle: bool = False, seed: int =
             f"the dataset holds {n} items but there are {world} processes: every process "
             "needs at least one item"
         )
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle \
-        else torch.arange(n)
-    part = order[shard_range(n).start : shard_range(n).stop]
     count = math.ceil(math.ceil(n / world) / batch_size)
-    batches = [b.tolist() for b in torch.tensor_split(part, count)]
-    if not all(batches):
+    if n // world < count:  # the smallest part cannot fill every batch (same test everywhere)
         raise ValueError(
             f"batch_size={batch_size} leaves a process with an empty batch ({n} items, "
             f"{world} processes); use batch_size >= 2"
         )
-    return batches
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle \
+        else torch.arange(n)
+    part = order[shard_range(n).start : shard_range(n).stop]
+    return [b.tolist() for b in torch.tensor_split(part, count)]
 
 
 def exact_shard_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = False,

@@ -202,7 +202,19 @@ class AnalyticCIL(SupervisedTemplate):
             raise
 
     def _base_training(self) -> None:
-        """ACIL's base phase: SGD + cross-entropy on backbone + temporary linear head."""
+        """ACIL's base phase: SGD + cross-entropy on backbone + temporary linear head.
+
+        Raises:
+            RuntimeError: under ``torch.distributed`` with several processes.
+        """
+        if is_distributed():
+            raise RuntimeError(
+                "AnalyticCIL's base phase (base_epochs > 0) does not run under "
+                "torch.distributed: each process would train its own backbone on its shard, "
+                "and the summed statistics would mix features of different backbones. Train "
+                "the base phase in one process (or with DDP), then pass the trained backbone "
+                "with base_epochs=0"
+            )
         backbone = self.model.backbone
         num_classes = int(torch.as_tensor(self.experience.dataset.targets).max()) + 1
         temp_head = nn.Linear(self.model.feature_dim, num_classes).to(self.device)
