@@ -41,19 +41,24 @@ def process_device(local_rank: int, cuda_devices: int) -> torch.device:
     """The device of the process with ``local_rank`` on a node with ``cuda_devices`` GPUs.
 
     ``cuda:<local_rank>`` (torchrun's ``LOCAL_RANK``, the process's index on its
-    node), or the CPU when ``cuda_devices`` is 0. Avalanche 0.6.0's
+    node), or the CPU when ``cuda_devices`` is 0. With one visible GPU, ``cuda:0``
+    whatever the local rank: a launcher that gives each process its own GPU
+    (``CUDA_VISIBLE_DEVICES`` per process, SLURM's ``--gpus-per-task``), or
+    processes sharing one GPU (gloo; NCCL refuses that itself). Avalanche 0.6.0's
     ``DistributedHelper`` uses the global rank instead, which names a GPU that
     does not exist on every node after the first.
 
     Raises:
-        ValueError: ``local_rank`` negative, or not below ``cuda_devices`` (more
-            processes on the node than GPUs).
+        ValueError: ``local_rank`` negative, or not below ``cuda_devices > 1``
+            (more processes on the node than GPUs).
     """
     if isinstance(local_rank, bool) or not isinstance(local_rank, int) or local_rank < 0:
         raise ValueError(f"local_rank must be an int >= 0 (torchrun's LOCAL_RANK), got "
                          f"{local_rank!r}")
     if cuda_devices == 0:
         return torch.device("cpu")
+    if cuda_devices == 1:
+        return torch.device("cuda", 0)
     if local_rank >= cuda_devices:
         raise ValueError(
             f"LOCAL_RANK={local_rank} but this node has {cuda_devices} CUDA device(s): start "

@@ -45,7 +45,7 @@ import torch
 from avalanche.checkpointing import maybe_load_checkpoint as avalanche_load
 from avalanche.checkpointing import save_checkpoint as avalanche_save
 
-from ..models.distributed import raise_everywhere, rank_and_world
+from ..models.distributed import is_distributed, raise_everywhere, rank_and_world
 from .checkpoint_match import class_problems, setting_problems, shape_problems
 from .state_file import CheckpointError, damaged, read_state_file, write_state_file
 from .strategy_state import load_strategy_state, strategy_state
@@ -108,6 +108,19 @@ def save_checkpoint(strategy, path: str | os.PathLike, *, format: str = "state")
                      "(see its error)")
 
 
+def process_map_location() -> dict[str, str] | None:
+    """``map_location`` that puts every saved CUDA tensor on this process's current GPU.
+
+    None (tensors where they were saved) in one process or without CUDA; under
+    ``torch.distributed``, ``{"cuda:i": "cuda:<current>"}`` for every GPU index
+    ``i`` of this node.
+    """
+    if not (is_distributed() and torch.cuda.is_available()):
+        return None
+    here = f"cuda:{torch.cuda.current_device()}"
+    return {f"cuda:{i}": here for i in range(torch.cuda.device_count())}
+
+
 def maybe_load_checkpoint(
     strategy: T,
     path: str | os.PathLike,
@@ -122,7 +135,10 @@ def maybe_load_checkpoint(
     metrics and settings); the file's state then replaces its state.
 
     Args:
-        map_location: where the file's tensors go, as for ``torch.load``.
+        map_location: where the file's tensors go, as for ``torch.load``. Default
+            None: where they were saved; under ``torch.distributed`` with CUDA, every
+            saved CUDA tensor goes to this process's current GPU
+            (:func:`process_map_location`; rank 0 wrote the file from its own GPU).
         format: ``"state"`` (default) or ``"pickle"`` (Avalanche's dill pickle:
             runs code from the file, for files you trust only), as saved.
         override: take the file's settings where they differ from ``strategy``'s
@@ -146,6 +162,8 @@ def maybe_load_checkpoint(
         raise ValueError(f"format must be 'state' or 'pickle', got {format!r}")
     if not os.path.exists(path):
         return strategy, 0
+    if map_location is None:
+        map_location = process_map_location()
     state = read_state_file(path, map_location)
     try:
         _check_fit(strategy, state, path, override=override)

@@ -53,6 +53,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.storage_policy import ExemplarsBuffer
 from torch import nn
 
+from ..models.distributed import is_distributed
 from .checkpoint_match import class_name, settings_owners, strategy_settings
 from .model_state import load_model, model_state
 from .state_file import PICKLE_RISK, plain_data
@@ -183,6 +184,8 @@ def _rng_state() -> dict:
             value = {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
                      "gauss_next": gauss_next}
         state[name] = value
+    if torch.cuda.is_available():  # whose generator the others continue under torch.distributed
+        state["torch.cuda.current"] = torch.cuda.current_device()
     return state
 
 
@@ -251,6 +254,24 @@ def _load_rng(state: dict) -> None:
         elif name == "torch.cuda":
             value = [v.cpu() for v in value]
         generator["load_state"](value)
+        if name == "torch.cuda":
+            continue_saving_process_cuda_rng(value, state.get("torch.cuda.current"))
+
+
+def continue_saving_process_cuda_rng(states: list[torch.Tensor], saved_device: int | None
+                                     ) -> None:
+    """Under ``torch.distributed``, this process's GPU generator takes rank 0's state.
+
+    Rank 0 saved the generators of its node's GPUs and used ``saved_device``; each
+    process uses its own current GPU, whose generator would otherwise get the
+    state of rank 0's generator of that index (unused, still at the seed). Every
+    process's generator is seeded alike and draws alike, so in an uninterrupted
+    run it equals rank 0's. Nothing happens in one process or without the index
+    (files saved before it was stored).
+    """
+    if not (is_distributed() and torch.cuda.is_available()) or saved_device is None:
+        return
+    torch.cuda.set_rng_state(states[saved_device], device=torch.cuda.current_device())
 
 
 __all__ = ["STATELESS_METRICS", "load_strategy_state", "strategy_state"]

@@ -3,7 +3,8 @@
 Avalanche 0.6.0's ``DistributedHelper`` puts a process on ``cuda:<global rank>``:
 on the second node of a 2 x 4 GPU run, rank 5 asks for ``cuda:5``, which that
 node does not have. ``neve.plugins.init_distributed`` uses torchrun's
-``LOCAL_RANK``. No GPU here: the CUDA calls are recorded, not made. The
+``LOCAL_RANK``; a resumed process puts the saved CUDA tensors and rank 0's CUDA
+generator state on its own GPU. No GPU here: the CUDA calls are recorded, not made. The
 several-node command runs through bench/distributed.py's launcher.
 """
 
@@ -18,7 +19,9 @@ from avalanche.distributed import DistributedHelper
 
 from neve.models.distributed import process_device
 from neve.plugins import init_distributed
+from neve.plugins.checkpoint import process_map_location
 from neve.plugins.distributed import ddp_device_ids
+from neve.plugins.strategy_state import continue_saving_process_cuda_rng
 
 PATH = Path(__file__).resolve().parents[1] / "bench" / "distributed.py"
 SPEC = importlib.util.spec_from_file_location("neve_bench_distributed", PATH)
@@ -28,13 +31,15 @@ SPEC.loader.exec_module(bench)
 
 @pytest.mark.parametrize(("local_rank", "gpus", "expected"), [
     (0, 0, "cpu"), (3, 0, "cpu"), (0, 4, "cuda:0"), (1, 4, "cuda:1"), (3, 4, "cuda:3"),
+    (0, 1, "cuda:0"), (3, 1, "cuda:0"),  # one visible GPU: its own (per-process masks)
 ])
 def test_process_device_is_the_local_gpu(local_rank, gpus, expected):
     assert process_device(local_rank, gpus) == torch.device(expected)
 
 
 @pytest.mark.parametrize(("local_rank", "gpus", "words"), [
-    (4, 4, "LOCAL_RANK=4 but this node has 4 CUDA device"), (-1, 4, "local_rank must be"),
+    (4, 4, "LOCAL_RANK=4 but this node has 4 CUDA device"), (2, 2, "LOCAL_RANK=2 but"),
+    (-1, 4, "local_rank must be"),
     (True, 4, "local_rank must be"),
 ])
 def test_process_device_refuses_a_gpu_the_node_lacks(local_rank, gpus, words):
@@ -109,6 +114,35 @@ def test_init_distributed_without_torchrun_is_one_process(monkeypatch, second_no
     monkeypatch.delenv("LOCAL_RANK")
     assert init_distributed(0) == torch.device("cuda:0")
     assert second_node["init_process_group"] == []
+
+
+@pytest.fixture()
+def in_group_on_gpu_1(monkeypatch, second_node):
+    """As if in a process group of 8, this process's current GPU being cuda:1."""
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 8)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    return second_node
+
+
+def test_resumed_tensors_go_to_this_process_gpu(in_group_on_gpu_1):
+    # rank 0 saved from cuda:0; without a map every rank would load onto cuda:0
+    assert process_map_location() == {f"cuda:{i}": "cuda:1" for i in range(4)}
+
+
+def test_resumed_tensors_stay_put_in_one_process():
+    assert process_map_location() is None
+
+
+def test_resumed_cuda_generator_continues_rank_0s(monkeypatch, in_group_on_gpu_1):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda state, device: calls.append((state, device)))
+    states = [torch.tensor([7], dtype=torch.uint8), torch.tensor([9], dtype=torch.uint8)]
+    continue_saving_process_cuda_rng(states, saved_device=0)
+    assert calls == [(states[0], 1)]  # rank 0 drew from cuda:0; this process uses cuda:1
+    continue_saving_process_cuda_rng(states, saved_device=None)  # an older file
+    assert len(calls) == 1
 
 
 def test_ddp_device_ids_cpu_model_is_none():
