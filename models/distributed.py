@@ -92,7 +92,7 @@ def _all_reduce(tensors: Sequence[torch.Tensor], op: str) -> Sequence[torch.Tens
         return tensors
     device = _comm_device()
     for t in tensors:
-        moved = t.detach().to(device)
+        moved = t.detach().to(device).contiguous()  # NCCL refuses strided tensors
         torch.distributed.all_reduce(moved, op=getattr(torch.distributed.ReduceOp, op))
         t.copy_(moved)
     return tensors
@@ -123,7 +123,7 @@ def broadcast_from_rank0(tensors: Sequence[torch.Tensor]) -> Sequence[torch.Tens
     device = _comm_device()
     with torch.no_grad():
         for t in tensors:
-            moved = t.detach().to(device)
+            moved = t.detach().to(device).contiguous()
             torch.distributed.broadcast(moved, src=0)
             t.copy_(moved)
     return tensors

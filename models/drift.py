@@ -78,8 +78,8 @@ def sdc_partial_sums(
         distance = torch.cdist(m, b)
     logits = -distance.pow(2) / (2 * sigma**2)  # [C, N]
     if logits.shape[1] == 0:
-        top = torch.full((m.shape[0],), -math.inf, dtype=torch.float64)
-        return top, torch.zeros(m.shape[0], dtype=torch.float64), torch.zeros_like(m)
+        top = torch.full((m.shape[0],), -math.inf, dtype=torch.float64, device=m.device)
+        return top, torch.zeros_like(top), torch.zeros_like(m)
     top = logits.max(dim=1).values
     weights = torch.exp(logits - top[:, None])
     return top, weights.sum(1), weights @ (a - b)
@@ -130,7 +130,7 @@ def _drift_products(before: torch.Tensor, after: torch.Tensor, reduce) -> tuple:
         raise ValueError(f"before and after must be the same [N, D], got "
                          f"{tuple(before.shape)} and {tuple(after.shape)}")
     x, v = before.double(), after.double() - before.double()
-    count = torch.tensor([float(x.shape[0])], dtype=torch.float64)
+    count = torch.tensor([float(x.shape[0])], dtype=torch.float64, device=x.device)
     sums = torch.stack([x.sum(0), v.sum(0)])
     if reduce is not None:
         reduce([count, sums])
@@ -148,7 +148,7 @@ def _jacobian(gram: torch.Tensor, cross: torch.Tensor, ridge: float) -> torch.Te
         raise ValueError(f"ridge must be a number > 0, got {ridge!r}")
     d = gram.shape[0]
     lam = ridge * float(torch.trace(gram)) / d
-    eye = torch.eye(d, dtype=torch.float64)
+    eye = torch.eye(d, dtype=torch.float64, device=gram.device)
     return eye + torch.linalg.solve(gram + max(lam, 1e-12) * eye, cross)
 
 

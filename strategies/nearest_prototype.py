@@ -254,20 +254,20 @@ class NearestPrototype(SupervisedTemplate):
         self.dataloader = whole_experience_loader(self.adapted_dataset, self.eval_mb_size)
 
     def training_epoch(self, **kwargs) -> None:
-        """One pass over the experience; under ``torch.distributed`` a bad batch on any
-        process is refused on every process (an agreed flag), so none waits forever
-        in the sums' all-reduce."""
+        """One pass over the experience; under ``torch.distributed`` a bad batch (or any
+        error) on one process is refused on every process (an agreed flag), so none
+        waits forever in the sums' all-reduce."""
         if not is_distributed():
             return self._accumulate_epoch(**kwargs)
-        error: ValueError | None = None
+        error: Exception | None = None
         try:
             self._accumulate_epoch(**kwargs)
-        except ValueError as err:
+        except Exception as err:  # noqa: BLE001 - raised below, on every process
             error = err
         try:
             raise_everywhere(error, "experiences: another process refused a batch of this "
                              "experience (see its error); nothing of this experience was learned")
-        except ValueError:
+        except Exception:
             self._pending = None
             raise
 
