@@ -29,6 +29,7 @@ from ..models.classifier import model_part
 from ..models.distributed import equal_batches, is_distributed
 from ..models.features import iter_features
 from ..models.recursive_least_squares import DEFAULT_MAX_CLASSES
+from .distributed import DDPPlugin
 
 
 def trained_parameters(extractor: object, optimizer: object) -> list[nn.Parameter]:
@@ -100,6 +101,10 @@ class AnalyticHeadPlugin(SupervisedPlugin, supports_distributed=True):
             (default) or ``torch.float32`` (faster), see :class:`neve.models.BufferLayer`.
         max_classes: largest class count of the head, see
             :class:`neve.models.RecursiveLeastSquares`.
+
+    Under ``torch.distributed`` trainable features need :class:`DDPPlugin` (else a
+    RuntimeError before the experience is trained): without it each process
+    would train its own backbone on its shard.
 
     Raises:
         ValueError: when the model has no such sub-module, or its output is not
@@ -204,6 +209,20 @@ class AnalyticHeadPlugin(SupervisedPlugin, supports_distributed=True):
             )
 
     # -- hooks -------------------------------------------------------------------------
+    def before_training_exp(self, strategy, **kwargs) -> None:
+        """Under several processes, refuse trainable features that DDP does not average."""
+        if not is_distributed() or any(isinstance(p, DDPPlugin) for p in strategy.plugins):
+            return
+        extractor = self.feature_extractor(strategy.model)
+        if trained_parameters(extractor, getattr(strategy, "optimizer", None)):
+            raise RuntimeError(
+                "AnalyticHeadPlugin under torch.distributed: the optimizer trains the feature "
+                "extractor, and without DistributedDataParallel every process would train "
+                "its own copy on its shard, so the summed statistics would mix features of "
+                "different backbones. Add neve.plugins.DDPPlugin() to the strategy's plugins, "
+                "or freeze the features (requires_grad_(False))"
+            )
+
     @torch.no_grad()
     def after_training_exp(self, strategy, **kwargs) -> None:
         """Add the experience's (or, for JointTraining, the joint) training data, whole."""
