@@ -10,6 +10,7 @@ several-node command runs through bench/distributed.py's launcher.
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 from pathlib import Path
 
@@ -83,8 +84,9 @@ def test_init_distributed_uses_the_local_gpu(second_node):
 
 
 def test_init_distributed_gloo_on_gpus_binds_no_device(second_node):
-    init_distributed(0, backend="gloo")
-    assert second_node["init_process_group"] == [{"backend": "gloo", "device_id": None}]
+    init_distributed(0, backend="gloo", timeout=datetime.timedelta(hours=1))
+    assert second_node["init_process_group"] == [
+        {"backend": "gloo", "device_id": None, "timeout": datetime.timedelta(hours=1)}]
 
 
 def test_init_distributed_refuses_more_processes_than_gpus(monkeypatch, second_node):
@@ -97,6 +99,8 @@ def test_init_distributed_refuses_more_processes_than_gpus(monkeypatch, second_n
 
 @pytest.mark.parametrize(("kwargs", "error", "words"), [
     ({"seed": -1}, ValueError, "seed"), ({"seed": 0, "backend": 3}, ValueError, "backend"),
+    ({"seed": 0, "timeout": 60}, ValueError, "timeout"),
+    ({"seed": 0, "timeout": datetime.timedelta(0)}, ValueError, "timeout"),
 ])
 def test_init_distributed_bad_arguments(second_node, kwargs, error, words):
     with pytest.raises(error, match=words):
