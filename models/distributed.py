@@ -158,6 +158,14 @@ def shard_range(n: int) -> range:
     return range(rank * n // world, (rank + 1) * n // world)
 
 
+def _check_an_item_per_process(n: int, world: int) -> None:
+    if n < world:
+        raise ValueError(
+            f"the dataset holds {n} items but there are {world} processes: every process "
+            "needs at least one item"
+        )
+
+
 def shard(dataset: Dataset) -> Dataset:
     """This process's contiguous part of ``dataset`` (the dataset itself when not distributed).
 
@@ -170,12 +178,7 @@ def shard(dataset: Dataset) -> Dataset:
     """
     if not is_distributed():
         return dataset
-    _, world = rank_and_world()
-    if len(dataset) < world:
-        raise ValueError(
-            f"the dataset holds {len(dataset)} items but there are {world} processes: every "
-            "process needs at least one item"
-        )
+    _check_an_item_per_process(len(dataset), rank_and_world()[1])
     return Subset(dataset, list(shard_range(len(dataset))))
 
 
@@ -198,12 +201,8 @@ def equal_batches(n: int, batch_size: int, *, shuffle: bool = False, seed: int =
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    rank, world = rank_and_world()
-    if n < world:
-        raise ValueError(
-            f"the dataset holds {n} items but there are {world} processes: every process "
-            "needs at least one item"
-        )
+    _, world = rank_and_world()
+    _check_an_item_per_process(n, world)
     count = math.ceil(math.ceil(n / world) / batch_size)
     if n // world < count:  # the smallest part cannot fill every batch (same test everywhere)
         raise ValueError(
