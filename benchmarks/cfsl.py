@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional
 
-from .arguments import check_int, check_seed
+from ..models.core.checks import check_int, check_seed
 from .datasets import LabelledTensorDataset, digits, fashion_mnist
 
 

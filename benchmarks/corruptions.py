@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .arguments import check_fraction, check_seed
+from ..models.core.checks import check_fraction, check_seed
 
 CORRUPTIONS = ("occlusion", "noise")
 

@@ -23,7 +23,7 @@ from avalanche.benchmarks import nc_benchmark
 from avalanche.benchmarks.scenarios.generic_scenario import CLScenario
 from torch.utils.data import Dataset
 
-from .arguments import check_bool, check_int, check_labelled, check_seed
+from ..models.core.checks import check_bool, check_int, check_labelled, check_seed
 from .curriculum_score import as_class_list, check_order
 from .datasets import IndexedSubset
 from .deprecation import NOT_GIVEN, renamed_keyword

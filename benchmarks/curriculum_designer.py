@@ -21,9 +21,9 @@ import torch
 from torch.utils.data import Dataset
 
 from ..models.backbones import Backbone, pretrained_backbone
-from ..models.distributed import all_gather_rows, shard
+from ..models.core.checks import check_bool, check_int, check_labelled, check_seed
+from ..models.core.distributed import default_reduction, shard
 from ..models.features import extract_features
-from .arguments import check_bool, check_int, check_labelled, check_seed
 from .curriculum_plot import save_distance_heatmap
 from .curriculum_score import (
     DISTANCES,
@@ -181,7 +181,8 @@ class CurriculumDesigner:
             cache=isinstance(teacher, Backbone),
             preprocess=True,
         )
-        return all_gather_rows(feats), all_gather_rows(labels)
+        reduction = default_reduction()
+        return reduction.rows(feats), reduction.rows(labels)
 
     # -- querying
     def _check_fitted(self) -> None:

@@ -42,7 +42,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .arguments import check_int, check_labels
+from ..models.core.checks import check_int, check_labels
 
 DISTANCES = ("cosine", "euclidean", "otdd")
 PROTOTYPE_DISTANCES = ("cosine", "euclidean")

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .arguments import check_int, check_seed
+from ..models.core.checks import check_int, check_seed
 from .curriculum_score import score_orders, score_steps
 
 SEARCHES = ("auto", "exhaustive", "beam")

@@ -25,8 +25,8 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.datasets import FashionMNIST
 
+from ..models.core.checks import check_bool, check_int, check_labelled, check_labels, check_seed
 from ..models.features import default_cache_dir
-from .arguments import check_bool, check_int, check_labelled, check_labels, check_seed
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 _FMNIST_FILES = (

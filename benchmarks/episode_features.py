@@ -16,9 +16,8 @@ import torch
 from avalanche.benchmarks.scenarios.generic_scenario import CLScenario
 from torch import nn
 
-from ..models.arguments import check_device
+from ..models.core.checks import check_device, check_int
 from ..models.features import encode
-from .arguments import check_int
 from .instance import episode_benchmark
 
 EXTRA_ATTRIBUTES = (

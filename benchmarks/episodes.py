@@ -24,7 +24,7 @@ from avalanche.benchmarks.scenarios.generic_scenario import CLScenario
 from scipy import stats
 from tqdm.auto import tqdm
 
-from .arguments import check_bool, check_int
+from ..models.core.checks import check_bool, check_int
 
 STREAM_ACCURACY_KEY = "Top1_Acc_Stream/eval_phase/test_stream"
 

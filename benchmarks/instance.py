@@ -36,7 +36,7 @@ from avalanche.benchmarks.utils.classification_dataset import (
 )
 from torch.utils.data import Dataset
 
-from .arguments import check_int, check_labelled, check_labels, check_seed
+from ..models.core.checks import check_int, check_labelled, check_labels, check_seed
 from .corruptions import corrupt_images, make_corruption
 from .datasets import LabelledTensorDataset
 

@@ -17,7 +17,7 @@ import torch
 from avalanche.benchmarks.scenarios.generic_scenario import EagerCLStream
 from avalanche.benchmarks.scenarios.online import OnlineCLExperience
 
-from .arguments import check_bool, check_int, check_seed
+from ..models.core.checks import check_bool, check_int, check_seed
 
 
 class BoundaryAwareOnlineExperience(OnlineCLExperience):

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .arguments import check_int
+from ..models.core.checks import check_int
 
 
 def _check_samples(x: object, name: str) -> np.ndarray:

@@ -31,7 +31,7 @@ from avalanche.benchmarks.utils.classification_dataset import (
 )
 from torch.utils.data import Dataset
 
-from .arguments import (
+from ..models.core.checks import (
     check_bool,
     check_fraction,
     check_int,

@@ -1,4 +1,6 @@
-"""nn.Modules of neve: pretrained backbones and heads."""
+"""nn.Modules of neve: pretrained backbones and heads, and the math under them."""
+
+import warnings
 
 from .analytic import AnalyticClassifier, BufferLayer
 from .backbones import (
@@ -17,8 +19,8 @@ from .features import (
     extract_features,
     iter_features,
 )
+from .incremental_ridge import IncrementalRidge
 from .prototypes import DotProductNCM
-from .recursive_least_squares import RecursiveLeastSquares
 
 __all__ = [
     "AnalyticClassifier",
@@ -28,6 +30,7 @@ __all__ = [
     "meta_train_protonet",
     "pretrain_convnet",
     "BufferLayer",
+    "IncrementalRidge",
     "RecursiveLeastSquares",
     "Backbone",
     "ImagePreprocess",
@@ -41,3 +44,12 @@ __all__ = [
     "pretrained_backbone",
     "WeightsUnavailableError",
 ]
+
+
+def __getattr__(name: str):
+    if name == "RecursiveLeastSquares":  # its old name
+        warnings.warn("neve.models.RecursiveLeastSquares is deprecated; use "
+                      "neve.models.IncrementalRidge (the same class)", DeprecationWarning,
+                      stacklevel=2)
+        return IncrementalRidge
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,9 +7,9 @@ Learning" (2024).
 
 A frozen feature extractor f, a buffer layer ``B(x) = ReLU(x W_B)`` with a fixed
 random ``W_B`` (:class:`BufferLayer`), and a ridge classifier on the buffer
-features (:class:`RecursiveLeastSquares`, in
-:mod:`neve.models.recursive_least_squares`) that equals, after any data seen so
-far, the joint ridge solution over all of it (ACIL eq. 6), so nothing is
+features (:class:`IncrementalRidge`, in :mod:`neve.models.incremental_ridge`)
+that equals, after any data seen so far, the joint ridge solution over all of it
+(ACIL eq. 6), so nothing is
 forgotten and no exemplar is kept. The math is in :mod:`neve.models.ridge`; two
 ways to reach the solution:
 
@@ -25,12 +25,9 @@ ways to reach the solution:
 Inside their ranges both give the same ``W`` up to rounding (``tests/test_analytic.py``);
 ``bench/analytic.py`` times them.
 
-Distributed: when ``torch.distributed`` is initialised,
-:meth:`RecursiveLeastSquares.partial_fit` all-reduces (sums) each batch's
-``X^T X`` and ``X^T Y`` and agrees on the class count (all-reduce max of the
-labels), so N workers fed disjoint shards end with the ``W`` of one process fed
-everything. Every worker must call ``partial_fit`` the same number of times
-(an empty batch is allowed).
+Several processes: :meth:`IncrementalRidge.partial_fit` sums each batch's
+``X^T X`` and ``X^T Y`` over the processes and agrees on the class count, so N
+workers fed disjoint shards end with the ``W`` of one process fed everything.
 """
 
 from __future__ import annotations
@@ -41,15 +38,12 @@ import math
 import torch
 from torch import nn
 
-from .arguments import check_int
-from .recursive_least_squares import (
-    DEFAULT_MAX_CLASSES,
-    RecursiveLeastSquares,
-    keep_float64,
-)
-from .ridge import check_features
+from .core.checks import Instance, Int, OneOf, Seed, check_features, validated
+from .incremental_ridge import DEFAULT_MAX_CLASSES, IncrementalRidge, keep_float64
 
-__all__ = ["AnalyticClassifier", "BufferLayer", "RecursiveLeastSquares"]
+__all__ = ["AnalyticClassifier", "BufferLayer", "IncrementalRidge"]
+
+PROJECTION_DTYPE = OneOf(torch.float64, torch.float32)
 
 # ----------------------------------------------------------------------------- modules
 class BufferLayer(nn.Module):
@@ -75,6 +69,10 @@ class BufferLayer(nn.Module):
             precision of the product ``x W_B``.
     """
 
+    checkpointed = ("in_features", "buffer_size", "projection_dtype")
+
+    @validated(in_features=Int(1), buffer_size=Int(1), seed=Seed(optional=True),
+               projection_dtype=PROJECTION_DTYPE)
     def __init__(
         self,
         in_features: int,
@@ -84,15 +82,8 @@ class BufferLayer(nn.Module):
         projection_dtype: torch.dtype = torch.float64,
     ) -> None:
         super().__init__()
-        in_features = check_int(in_features, "in_features", minimum=1)
-        buffer_size = check_int(buffer_size, "buffer_size", minimum=1)
-        seed = None if seed is None else check_int(seed, "seed")
-        if projection_dtype not in (torch.float32, torch.float64):
-            raise ValueError(
-                f"projection_dtype must be torch.float32 or torch.float64, got {projection_dtype!r}"
-            )
-        self.in_features = int(in_features)
-        self.buffer_size = int(buffer_size)
+        self.in_features = in_features
+        self.buffer_size = buffer_size
         self.projection_dtype = projection_dtype
         gen = None if seed is None else torch.Generator().manual_seed(seed)
         weight = torch.randn(
@@ -102,9 +93,8 @@ class BufferLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[n, in_features]`` -> ``[n, buffer_size]`` float64."""
-        error = check_features(x, self.in_features, "x (backbone features)")
-        if error is not None:
-            raise ValueError(error)
+        check_features(x, "x (backbone features)", dim=self.in_features,
+                       dim_name="in_features")
         dtype = self.projection_dtype
         out = torch.relu(x.to(dtype) @ self.weight.to(dtype)).to(torch.float64)
         if dtype != torch.float64 and out.numel() and not bool(torch.isfinite(out.sum())):
@@ -134,7 +124,7 @@ class AnalyticClassifier(nn.Module):
             (``nn.Identity()`` for precomputed features).
         feature_dim: the backbone's output size.
         buffer_size, gamma, seed, method, projection_dtype, max_classes: of
-            :class:`BufferLayer` and :class:`RecursiveLeastSquares`.
+            :class:`BufferLayer` and :class:`IncrementalRidge` (checked there).
 
     ``load_state_dict`` is all or nothing: when any part is refused, every part
     keeps its state.
@@ -143,6 +133,9 @@ class AnalyticClassifier(nn.Module):
     column before any class is learned, so Avalanche's metrics still work).
     """
 
+    checkpointed = ("feature_dim",)
+
+    @validated(backbone=Instance(nn.Module, what="an nn.Module"), feature_dim=Int(1))
     def __init__(
         self,
         backbone: nn.Module,
@@ -156,14 +149,12 @@ class AnalyticClassifier(nn.Module):
         max_classes: int = DEFAULT_MAX_CLASSES,
     ) -> None:
         super().__init__()
-        if not isinstance(backbone, nn.Module):
-            raise TypeError(f"backbone must be an nn.Module, got {type(backbone).__name__}")
         self.backbone = backbone
-        self.feature_dim = check_int(feature_dim, "feature_dim", minimum=1)
+        self.feature_dim = feature_dim
         self.buffer = BufferLayer(
             feature_dim, buffer_size, seed=seed, projection_dtype=projection_dtype
         )
-        self.head = RecursiveLeastSquares(
+        self.head = IncrementalRidge(
             buffer_size, gamma=gamma, method=method, max_classes=max_classes
         )
 

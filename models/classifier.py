@@ -22,8 +22,10 @@ the ready-made model that meets the contract.
 from __future__ import annotations
 
 import torch
-from avalanche.models import IncrementalClassifier
+from avalanche.models import IncrementalClassifier, MultiTaskModule
 from torch import nn
+
+from .core.checks import Bool, Instance, Int, validated
 
 
 class PretrainedClassifier(nn.Module):
@@ -49,6 +51,8 @@ class PretrainedClassifier(nn.Module):
         feature_dim: the feature size.
     """
 
+    @validated(backbone=Instance(nn.Module, what="an nn.Module"), num_classes=Int(1),
+               feature_dim=Int(1, optional=True), preprocess=Bool(), masking=Bool())
     def __init__(
         self,
         backbone: nn.Module,
@@ -59,15 +63,12 @@ class PretrainedClassifier(nn.Module):
     ) -> None:
         super().__init__()
         if feature_dim is None:
-            feature_dim = getattr(backbone, "feature_dim", None)
+            feature_dim = Int(1, optional=True).check(getattr(backbone, "feature_dim", None),
+                                                      "backbone.feature_dim")
             if feature_dim is None:
                 raise ValueError(
                     "feature_dim must be given when the backbone has no .feature_dim attribute"
                 )
-        if int(feature_dim) < 1:
-            raise ValueError(f"feature_dim must be >= 1, got {feature_dim}")
-        if int(num_classes) < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if preprocess:
             transform = getattr(backbone, "transform", None)
             if not isinstance(transform, nn.Module):
@@ -78,9 +79,9 @@ class PretrainedClassifier(nn.Module):
             self.features = nn.Sequential(transform, backbone)
         else:
             self.features = backbone
-        self.feature_dim = int(feature_dim)
+        self.feature_dim = feature_dim
         self.classifier = IncrementalClassifier(
-            self.feature_dim, initial_out_features=int(num_classes), masking=masking
+            self.feature_dim, initial_out_features=num_classes, masking=masking
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,3 +111,14 @@ def model_part(model: nn.Module, name: str, what: str) -> nn.Module:
             "or pass the attribute names to the plugin"
         ) from None
     return module
+
+
+def check_single_head(head: nn.Module, name: str = "classifier") -> None:
+    """Refuse a multi-head (task-incremental) head: SLCA's alignment is single-head."""
+    if isinstance(head, MultiTaskModule):
+        raise ValueError(
+            f"SLCA's classifier alignment supports single-head class-incremental models "
+            f"only: model.{name} is a {type(head).__name__} (a MultiTaskModule, one head per "
+            "task). Use a single head, e.g. avalanche.models.IncrementalClassifier or "
+            "neve.models.PretrainedClassifier"
+        )

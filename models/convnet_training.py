@@ -9,8 +9,8 @@ on episodes of other classes:
 * :func:`meta_train_protonet` -- ProtoNet meta-training on *instance episodes*
   of the training classes: each meta-episode draws ``N`` distinct images of one
   class, each its own label; the queries are the same images, scored by the dot
-  product with the class means (:func:`dot_product_logits`), and the loss is the
-  cross-entropy of those scores (:func:`protonet_episode_loss`).
+  product with the class means (:func:`neve.models.prototypes.prototype_scores`),
+  and the loss is the cross-entropy of those scores (:func:`protonet_episode_loss`).
 
 Both are seeded and cache the trained weights under
 ``default_cache_dir()/convnets`` (the file name hashes the settings and the
@@ -29,31 +29,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .arguments import check_int, check_labelled, check_number, check_seed
 from .convnets import ConvNet
+from .core.checks import check_int, check_labelled, check_number, check_seed
 from .features import dataset_fingerprint, default_cache_dir
-
-
-def dot_product_logits(queries: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
-    """``[Q, C]`` scores ``queries @ means.T``: the dot product of each query with each mean.
-
-    The authors' ProtoNet score (Kowadlo et al., 2022): unnormalised
-    embeddings, no distance. ``queries`` ``[Q, D]``, ``means`` ``[C, D]``.
-    """
-    return queries @ means.T
-
-
-def class_mean_embeddings(z: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``[C, D]`` mean of the rows of ``z`` ``[n, D]`` with each label ``y`` ``[n]`` in [0, C).
-
-    Every class must have at least one row.
-    """
-    sums = torch.zeros(num_classes, z.shape[1], dtype=z.dtype, device=z.device)
-    sums = sums.index_add(0, y, z)
-    counts = torch.bincount(y, minlength=num_classes).to(z.dtype)
-    if bool((counts == 0).any()):
-        raise ValueError("every class in [0, num_classes) needs at least one support item")
-    return sums / counts.unsqueeze(1)
+from .prototypes import mean_per_class, prototype_scores
 
 
 def protonet_episode_loss(
@@ -76,8 +55,8 @@ def protonet_episode_loss(
         zs, zq = z, z
     else:
         zs, zq = encoder(support_x), encoder(query_x)
-    means = class_mean_embeddings(zs, support_y, num_classes)
-    return nn.functional.cross_entropy(dot_product_logits(zq, means), query_y)
+    means = mean_per_class(zs, support_y, num_classes)
+    return nn.functional.cross_entropy(prototype_scores(zq, means, "dot"), query_y)
 
 
 def _class_indices(dataset: Dataset, classes: Sequence[int] | None) -> dict[int, np.ndarray]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .arguments import check_bool, check_int
+from .core.checks import check_bool, check_int
 
 
 class ConvNet(nn.Module):

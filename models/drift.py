@@ -11,6 +11,7 @@
   before sampling (in their code, not in the paper).
 * :func:`mean_drift`: how far stored means are from the means of the same
   data under another backbone (relative L2 distance and cosine).
+* :func:`compensate_drift`: the first two applied to stored class Gaussians.
 
 Pure tensors, no Avalanche.
 """
@@ -22,12 +23,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .distributed import all_reduce_max, all_reduce_sum, is_distributed
+from .core.checks import Real
+from .core.distributed import LOCAL, Reduction
+from .gaussians import ClassGaussianStats
 
 
 def sdc_shifts(
     before: torch.Tensor, after: torch.Tensor, means: torch.Tensor, sigma: float = 0.3,
-    normalise: bool = True,
+    normalise: bool = True, reduction: Reduction = LOCAL,
 ) -> torch.Tensor:
     """Estimated displacement ``[C, D]`` of class means ``[C, D]`` (SDC, Eq. 7-8).
 
@@ -41,21 +44,25 @@ def sdc_shifts(
     stay in the features' own space. Computed in float64 with a log-sum-exp
     normalisation, so a far class gets the nearest samples' mean displacement
     instead of a division by zero.
+
+    With a ``reduction`` over several processes, each passes its rows (possibly
+    none) and the same ``means``; the partial sums (:func:`sdc_partial_sums`) are
+    combined with one reduced max and one reduced sum, and every process gets the
+    same shifts.
     """
-    _check_sdc_inputs(before, after, means, sigma, min_rows=1)
-    _, total, weighted = sdc_partial_sums(before, after, means, sigma, normalise)
-    return weighted / total[:, None]
-
-
-def _check_sdc_inputs(before: torch.Tensor, after: torch.Tensor, means: torch.Tensor,
-                      sigma: object, min_rows: int) -> None:
-    if before.shape != after.shape or before.dim() != 2 or before.shape[0] < min_rows:
-        raise ValueError(f"before and after must be the same [N >= {min_rows}, D], got "
+    if before.shape != after.shape or before.dim() != 2 or (
+            before.shape[0] < 1 and not reduction.active):
+        raise ValueError(f"before and after must be the same [N >= 1, D], got "
                          f"{tuple(before.shape)} and {tuple(after.shape)}")
     if means.dim() != 2 or means.shape[1] != before.shape[1]:
         raise ValueError(f"means must be [C, {before.shape[1]}], got {tuple(means.shape)}")
-    if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or not sigma > 0:
-        raise ValueError(f"sigma must be a number > 0, got {sigma!r}")
+    Real(gt=0.0).check(sigma, "sigma")
+    top, total, weighted = sdc_partial_sums(before, after, means, sigma, normalise)
+    (best,) = reduction.max([top.clone()])
+    scale = torch.exp(top - best)  # 0 for a part without rows, 1 in one process
+    total, weighted = total * scale, weighted * scale[:, None]
+    reduction.sum([total, weighted])
+    return weighted / total[:, None]
 
 
 def sdc_partial_sums(
@@ -68,8 +75,8 @@ def sdc_partial_sums(
     ``m_c = max_i l_ic`` (``-inf`` with no sample), returns ``(m [C],
     sum_i exp(l_ic - m_c) [C], sum_i exp(l_ic - m_c) v_i [C, D])``, float64. The
     sums of disjoint parts combine after rescaling each part by ``exp(m_c^part -
-    max m_c)`` (:func:`reduced_sdc_shifts`); ``Delta_c`` is the ratio of the
-    sums. ``before`` / ``after`` may have no rows.
+    max m_c)``; ``Delta_c`` is the ratio of the sums. ``before`` / ``after`` may
+    have no rows.
     """
     b, a, m = before.double(), after.double(), means.double()
     if normalise:
@@ -85,29 +92,8 @@ def sdc_partial_sums(
     return top, weights.sum(1), weights @ (a - b)
 
 
-def reduced_sdc_shifts(
-    before: torch.Tensor, after: torch.Tensor, means: torch.Tensor, sigma: float = 0.3,
-    normalise: bool = True,
-) -> torch.Tensor:
-    """:func:`sdc_shifts` over the union of every process's ``before`` / ``after`` rows.
-
-    Under ``torch.distributed`` each process passes its shard (possibly empty)
-    and the same ``means``; the partial sums are combined with one all-reduce
-    max and one all-reduce sum of ``[C]``, ``[C]`` and ``[C, D]`` tensors, and
-    every process gets the same ``[C, D]`` shifts. Without a process group it is
-    :func:`sdc_shifts` (the rescale is by ``exp(0) = 1``; at least one row needed).
-    """
-    _check_sdc_inputs(before, after, means, sigma, min_rows=0 if is_distributed() else 1)
-    top, total, weighted = sdc_partial_sums(before, after, means, sigma, normalise)
-    (best,) = all_reduce_max([top.clone()])
-    scale = torch.exp(top - best)  # 0 for a part without rows
-    total, weighted = total * scale, weighted * scale[:, None]
-    all_reduce_sum([total, weighted])
-    return weighted / total[:, None]
-
-
-def drift_jacobian(before: torch.Tensor, after: torch.Tensor, ridge: float = 1.0
-                   ) -> torch.Tensor:
+def drift_jacobian(before: torch.Tensor, after: torch.Tensor, ridge: float = 1.0,
+                   reduction: Reduction = LOCAL) -> torch.Tensor:
     """``A = I + B`` ``[D, D]``: the linear part of a least-squares fit of the drift (beyond SDC).
 
     SDC (Yu et al., CVPR 2020) moves a class's mean by the local mean
@@ -119,44 +105,26 @@ def drift_jacobian(before: torch.Tensor, after: torch.Tensor, ridge: float = 1.0
     directions the data does not span keep ``B = 0`` (no change). Under the
     fitted map ``x -> x A`` a class Gaussian's covariance becomes ``A^T Sigma
     A`` (:meth:`~neve.models.gaussians.ClassGaussianStats.map_covariances`).
-    float64. Under ``torch.distributed`` each process passes its shard and
-    :func:`reduced_drift_jacobian` sums the products.
+    float64. With a ``reduction`` over several processes each passes its rows:
+    the sums, then the centred products ``X_c^T X_c``, ``X_c^T V_c``, are summed,
+    and every process gets the same ``A``.
     """
-    return _jacobian(*_drift_products(before, after, None), ridge)
-
-
-def _drift_products(before: torch.Tensor, after: torch.Tensor, reduce) -> tuple:
+    ridge = Real(gt=0.0).check(ridge, "ridge")
     if before.shape != after.shape or before.dim() != 2:
         raise ValueError(f"before and after must be the same [N, D], got "
                          f"{tuple(before.shape)} and {tuple(after.shape)}")
     x, v = before.double(), after.double() - before.double()
     count = torch.tensor([float(x.shape[0])], dtype=torch.float64, device=x.device)
     sums = torch.stack([x.sum(0), v.sum(0)])
-    if reduce is not None:
-        reduce([count, sums])
+    reduction.sum([count, sums])
     if float(count) < 2:
         raise ValueError(f"fitting the drift needs >= 2 samples, got {int(count)}")
     xc, vc = x - sums[0] / count, v - sums[1] / count
-    products = [xc.T @ xc, xc.T @ vc]
-    if reduce is not None:
-        reduce(products)
-    return products[0], products[1]
-
-
-def _jacobian(gram: torch.Tensor, cross: torch.Tensor, ridge: float) -> torch.Tensor:
-    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not ridge > 0:
-        raise ValueError(f"ridge must be a number > 0, got {ridge!r}")
+    gram, cross = reduction.sum([xc.T @ xc, xc.T @ vc])
     d = gram.shape[0]
     lam = ridge * float(torch.trace(gram)) / d
     eye = torch.eye(d, dtype=torch.float64, device=gram.device)
     return eye + torch.linalg.solve(gram + max(lam, 1e-12) * eye, cross)
-
-
-def reduced_drift_jacobian(before: torch.Tensor, after: torch.Tensor, ridge: float = 1.0
-                           ) -> torch.Tensor:
-    """:func:`drift_jacobian` of the union of every process's rows (all-reduced sums, then
-    all-reduced centred products ``X_c^T X_c``, ``X_c^T V_c``); every process gets the same."""
-    return _jacobian(*_drift_products(before, after, all_reduce_sum), ridge)
 
 
 def shrink_factors(groups: list[int], current: int) -> list[float]:
@@ -174,3 +142,23 @@ def mean_drift(stored: torch.Tensor, actual: torch.Tensor) -> tuple[torch.Tensor
     s, a = stored.double(), actual.double()
     relative = (s - a).norm(dim=1) / a.norm(dim=1).clamp_min(1e-12)
     return relative, F.cosine_similarity(s, a, dim=1)
+
+
+def compensate_drift(stats: ClassGaussianStats, before: torch.Tensor, after: torch.Tensor, *,
+                     sigma: float, covariance_ridge: float | None = None,
+                     reduction: Reduction = LOCAL) -> None:
+    """Move the stored classes of ``stats`` by the drift from ``before`` to ``after`` features.
+
+    Means by :func:`sdc_shifts`; with ``covariance_ridge``, covariances too, by the
+    linear part of :func:`drift_jacobian` (``Sigma_c -> A^T Sigma_c A``). ``before`` /
+    ``after``: ``[N, D]`` features of the same inputs under the old and the new
+    backbone (this process's rows under ``reduction``).
+    """
+    old = stats.classes
+    means = torch.stack([stats.means[c] for c in old])
+    shifts = sdc_shifts(before, after, means, sigma, reduction=reduction)
+    jacobian = None if covariance_ridge is None else drift_jacobian(
+        before, after, covariance_ridge, reduction)
+    stats.shift_means(dict(zip(old, shifts, strict=True)))
+    if jacobian is not None:
+        stats.map_covariances(jacobian, old)

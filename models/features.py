@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.std import tqdm
 
-from .arguments import check_labels
+from .core.checks import check_labels
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
 

@@ -19,14 +19,9 @@ import math
 
 import torch
 
-from .class_moments import Moments, class_moments, local_class_moments, merge_moments
-from .gaussian_state import (
-    COVARIANCE_KINDS,
-    check_covariance,
-    check_ridge,
-    check_update_inputs,
-    checked_state,
-)
+from .class_moments import Moments, checked_class_moments, class_moments, merge_moments
+from .core.checks import validated
+from .gaussian_checks import COVARIANCE, COVARIANCE_KINDS, RIDGE, check_update_inputs, checked_state
 
 __all__ = ["COVARIANCE_KINDS", "ClassGaussianStats", "class_moments", "merge_moments"]
 
@@ -59,11 +54,10 @@ class ClassGaussianStats:
     counts, means and scatters, so statistics of disjoint data merge exactly.
     """
 
+    @validated(covariance=COVARIANCE, ridge=RIDGE)
     def __init__(self, covariance: str = "full", ridge: float = 1e-4) -> None:
-        check_covariance(covariance)
-        check_ridge(ridge)
         self.covariance = covariance
-        self.ridge = float(ridge)
+        self.ridge = ridge
         self.means: dict[int, torch.Tensor] = {}
         self.scatters: dict[int, torch.Tensor] = {}  # [D, D] (full, shared) or [D] (diagonal)
         self.counts: dict[int, int] = {}
@@ -111,15 +105,15 @@ class ClassGaussianStats:
         """
         d = self.feature_dim
         check_update_inputs(features, targets, group, d)
-        return self.update_moments(local_class_moments(features, targets, self.covariance), group)
+        moments = checked_class_moments(features, targets, self.covariance)
+        return self.update_moments(moments, group)
 
     def update_moments(self, moments: dict[int, Moments], group: int) -> list[int]:
         """Store (or merge in) per-class moments, e.g. summed over processes.
 
         Args:
             moments: class -> ``(n, mean [D], scatter, rows)`` as made by
-                :func:`neve.models.class_moments.local_class_moments` or
-                :func:`~neve.models.class_moments.reduced_class_moments`: float64,
+                :func:`neve.models.class_moments.class_moments`: float64,
                 scatter ``[D, D]`` (``[D]`` for ``"diagonal"``), ``rows`` the
                 centred features ``[n, D]`` or None (then a ``"full"`` class is
                 sampled through its Cholesky factor).
@@ -322,11 +316,7 @@ class ClassGaussianStats:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Load a :meth:`state_dict`; the whole state is checked before anything changes.
-
-        A state of the earlier format (``covs`` with the ridge, no ``scatters`` for
-        full/diagonal) is converted: ``S = (cov - ridge) * (n - 1)``.
-        """
+        """Load a :meth:`state_dict`; the whole state is checked before anything changes."""
         checked = checked_state(state)
         self.covariance, self.ridge = checked["covariance"], checked["ridge"]
         self.means, self.scatters = checked["means"], checked["scatters"]

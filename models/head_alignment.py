@@ -11,9 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .arguments import check_int, check_number
+from .core.checks import Instance, Int, Real, validated
 from .drift import shrink_factors
 from .gaussians import ClassGaussianStats
+
+#: The constraints of the alignment's hyper-parameters (also the plugin's).
+ALIGNMENT = {
+    "samples_per_class": Int(1), "epochs": Int(0), "lr": Real(gt=0.0),
+    "temperature": Real(gt=0.0), "batch_size": Int(1), "momentum": Real(ge=0.0),
+    "weight_decay": Real(ge=0.0),
+}
 
 
 def alignment_batch_size(
@@ -25,13 +32,9 @@ def alignment_batch_size(
     authors' 256) made smaller so that the epoch has at least ``min_steps`` SGD
     steps, ``min(largest, max(1, num_samples // min_steps))``; then
     ``ceil(num_samples / b) >= min_steps`` unless ``num_samples < min_steps``
-    (one sample a step).
+    (one sample a step). All counts are integers >= 1.
     """
-    check_int(num_samples, "num_samples", minimum=1)
-    check_int(min_steps, "min_steps", minimum=1)
-    check_int(largest, "largest", minimum=1)
     if batch_size is not None:
-        check_int(batch_size, "batch_size", minimum=1)
         return batch_size
     return min(largest, max(1, num_samples // min_steps))
 
@@ -82,6 +85,7 @@ def normalised_logits(
     return logits / norm / temperature
 
 
+@validated(**ALIGNMENT, generator=Instance(torch.Generator))
 def align_head(
     head: nn.Module,
     stats: ClassGaussianStats,
@@ -127,15 +131,6 @@ def align_head(
     Returns:
         The mean loss of each epoch.
     """
-    check_int(samples_per_class, "samples_per_class", minimum=1)
-    check_int(epochs, "epochs", minimum=0)
-    check_int(batch_size, "batch_size", minimum=1)
-    check_number(lr, "lr", positive=True)
-    check_number(temperature, "temperature", positive=True)
-    check_number(momentum, "momentum", positive=False)
-    check_number(weight_decay, "weight_decay", positive=False)
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {generator!r}")
     if not stats.classes:
         raise ValueError("stats must hold at least one class, got none stored")
     classes = stats.classes

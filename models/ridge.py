@@ -10,7 +10,7 @@ reached either by summing ``A = X^T X`` and ``C = X^T Y`` batch by batch
 (:func:`accumulate_statistics`) and solving (:func:`solve_ridge`), or by the
 recursive Woodbury update of ``R = (X^T X + gamma I)^-1`` and ``W``
 (:func:`woodbury_update`, ACIL eq. 10-11). All functions here are pure tensor
-code; :class:`neve.models.RecursiveLeastSquares` holds the state.
+code; :class:`neve.models.IncrementalRidge` holds the state.
 """
 
 from __future__ import annotations
@@ -140,35 +140,3 @@ def joint_ridge_solution(x: torch.Tensor, labels: torch.Tensor, gamma: float) ->
     a = x.T @ x
     a.diagonal().add_(gamma)
     return torch.linalg.solve(a, x.T @ y)
-
-
-# ----------------------------------------------------------------------------- checks
-def check_features(x: torch.Tensor, in_features: int, name: str = "x") -> str | None:
-    """Why ``x`` is not ``[n, in_features]`` finite floating-point features, or None."""
-    if not isinstance(x, torch.Tensor):
-        return f"{name} must be a torch.Tensor, got {type(x).__name__}"
-    if x.dim() != 2 or x.shape[1] != in_features:
-        return (
-            f"{name} must have shape [n, {in_features}] (in_features={in_features}), "
-            f"got {tuple(x.shape)}"
-        )
-    if not x.dtype.is_floating_point:
-        return f"{name} must be a floating-point tensor, got {x.dtype}"
-    # a NaN or inf anywhere makes the sum non-finite: one cheap reduction suffices
-    # unless the sum is not finite, when finite but huge values may have overflowed it
-    if x.numel() and not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
-        return f"{name} (features) contains NaN or inf values"
-    return None
-
-
-def check_labels(y: torch.Tensor, n: int) -> str | None:
-    """Why ``y`` is not ``[n]`` integer labels >= 0, or None."""
-    if not isinstance(y, torch.Tensor):
-        return f"y must be a torch.Tensor of integer labels, got {type(y).__name__}"
-    if y.dim() != 1 or y.shape[0] != n:
-        return f"y (labels) must have shape [{n}] to match x, got {tuple(y.shape)}"
-    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-        return f"y (labels) must be an integer tensor, got {y.dtype}"
-    if y.numel() and int(y.min()) < 0:
-        return f"y (labels) must be >= 0, got {int(y.min())}"
-    return None

@@ -14,13 +14,8 @@ from .curriculum_metrics import (
     curriculum_effectiveness,
     effectiveness_f,
 )
-from .distributed import (
-    DDPPlugin,
-    ExactShardsPlugin,
-    GlobalBatchPlugin,
-    WholeEvaluationPlugin,
-    init_distributed,
-)
+from .distributed import DDPPlugin, ExactShardsPlugin, GlobalBatchPlugin, WholeEvaluationPlugin
+from .process_group import init_distributed
 from .progress import PhaseProgressLogger
 from .slow_learner import SlowLearnerPlugin
 

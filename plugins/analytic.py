@@ -19,51 +19,17 @@ from collections.abc import Callable
 
 import torch
 from avalanche.core import SupervisedPlugin
-from avalanche.training import JointTraining
 from torch import nn
 from torch.utils.data import Subset
 
-from ..models.analytic import BufferLayer, RecursiveLeastSquares
-from ..models.arguments import check_int
+from ..models.analytic import PROJECTION_DTYPE, BufferLayer, IncrementalRidge
 from ..models.classifier import model_part
-from ..models.distributed import equal_batches, is_distributed
+from ..models.core.checks import AnyOf, Function, Int, Real, Seed, Text, check_labels, validated
+from ..models.core.distributed import equal_batches, is_distributed
 from ..models.features import iter_features
-from ..models.recursive_least_squares import DEFAULT_MAX_CLASSES
+from ..models.incremental_ridge import DEFAULT_MAX_CLASSES
 from .distributed import DDPPlugin
-
-
-def trained_parameters(extractor: object, optimizer: object) -> list[nn.Parameter]:
-    """The parameters of ``extractor`` (an ``nn.Module``) that ``optimizer`` updates."""
-    if not isinstance(extractor, nn.Module) or optimizer is None:
-        return []
-    stepped = {id(p) for group in getattr(optimizer, "param_groups", ()) for p in group["params"]}
-    return [p for p in extractor.parameters() if p.requires_grad and id(p) in stepped]
-
-
-def training_data(strategy):
-    """The data of the experience just trained, eval-mode transforms.
-
-    ``strategy.experience.dataset``; for Avalanche's ``JointTraining``, which
-    trains once on all experiences and leaves ``strategy.experience`` at the
-    first, the joint training set ``strategy.adapted_dataset``.
-    """
-    if isinstance(strategy, JointTraining):
-        return strategy.adapted_dataset.eval()
-    return strategy.experience.dataset.eval()
-
-
-def check_integer_targets(data) -> None:
-    """Refuse a data set whose ``targets`` are not integers (they would be truncated)."""
-    targets = getattr(data, "targets", None)
-    if targets is None:
-        return
-    if not isinstance(targets, torch.Tensor):
-        targets = torch.as_tensor(list(targets))
-    if targets.dtype.is_floating_point or targets.dtype.is_complex:
-        raise ValueError(
-            f"the experience's targets (labels) must be integers, got {targets.dtype}: "
-            "float labels would be truncated"
-        )
+from .experience_data import trained_parameters, training_data
 
 
 class AnalyticHeadPlugin(SupervisedPlugin, supports_distributed=True):
@@ -81,7 +47,7 @@ class AnalyticHeadPlugin(SupervisedPlugin, supports_distributed=True):
 
     With trainable features the statistics of earlier experiences go stale: the
     head then mixes features of different backbones, and every strategy ends
-    near Naive (issue #11); the plugin warns once (``UserWarning``) when the
+    near Naive; the plugin warns once (``UserWarning``) when the
     optimizer updates parameters of the feature extractor. Freeze the features
     (``requires_grad_(False)``) to keep the joint solution.
 
@@ -100,7 +66,7 @@ class AnalyticHeadPlugin(SupervisedPlugin, supports_distributed=True):
         projection_dtype: precision of the buffer layer's product, ``torch.float64``
             (default) or ``torch.float32`` (faster), see :class:`neve.models.BufferLayer`.
         max_classes: largest class count of the head, see
-            :class:`neve.models.RecursiveLeastSquares`.
+            :class:`neve.models.IncrementalRidge`.
 
     Under ``torch.distributed`` trainable features need :class:`DDPPlugin` (else a
     RuntimeError before the experience is trained): without it each process
@@ -112,6 +78,13 @@ class AnalyticHeadPlugin(SupervisedPlugin, supports_distributed=True):
             integers, or a batch is refused by the head.
     """
 
+    checkpointed = ("buffer_size", "gamma", "seed", "batch_size", "projection_dtype",
+                    "max_classes")
+
+    @validated(buffer_size=Int(1), gamma=Real(gt=0.0), seed=Seed(),
+               features=AnyOf(Text("an attribute name", optional=True), Function()),
+               batch_size=Int(1, optional=True), projection_dtype=PROJECTION_DTYPE,
+               max_classes=Int(1))
     def __init__(
         self,
         buffer_size: int = 4096,
@@ -124,24 +97,12 @@ class AnalyticHeadPlugin(SupervisedPlugin, supports_distributed=True):
         max_classes: int = DEFAULT_MAX_CLASSES,
     ) -> None:
         super().__init__()
-        self.buffer_size = check_int(buffer_size, "buffer_size", minimum=1)
-        RecursiveLeastSquares(1, gamma, max_classes=max_classes)  # validates both
-        BufferLayer(1, 1, projection_dtype=projection_dtype)  # validates projection_dtype
-        if features is not None and not (isinstance(features, str) or callable(features)):
-            raise TypeError(
-                f"features must be None, an attribute name or a callable, got {type(features)}"
-            )
-        if batch_size is not None:
-            batch_size = check_int(batch_size, "batch_size", minimum=1)
-        self.gamma = float(gamma)
-        self.features = features
-        self.seed = check_int(seed, "seed")
-        self.batch_size = batch_size
-        self.projection_dtype = projection_dtype
-        self.max_classes = int(max_classes)
+        self.buffer_size, self.gamma, self.features, self.seed = buffer_size, gamma, features, seed
+        self.batch_size, self.projection_dtype = batch_size, projection_dtype
+        self.max_classes = max_classes
         self._warned_trainable = False  # a warning shown once, not state
         self.buffer: BufferLayer | None = None
-        self.head: RecursiveLeastSquares | None = None
+        self.head: IncrementalRidge | None = None
 
     # -- contract ----------------------------------------------------------------------
     def feature_extractor(self, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -188,7 +149,7 @@ class AnalyticHeadPlugin(SupervisedPlugin, supports_distributed=True):
         self.buffer = BufferLayer(
             in_features, self.buffer_size, seed=self.seed, projection_dtype=self.projection_dtype
         ).to(device)
-        self.head = RecursiveLeastSquares(
+        self.head = IncrementalRidge(
             self.buffer_size, self.gamma, max_classes=self.max_classes
         ).to(device)
 
@@ -230,26 +191,24 @@ class AnalyticHeadPlugin(SupervisedPlugin, supports_distributed=True):
         self.feature_extractor(model)  # contract check before any work
         self._warn_if_trainable(strategy)
         data = training_data(strategy)
-        check_integer_targets(data)
+        if getattr(data, "targets", None) is not None:
+            check_labels(data.targets, "the experience's targets (labels)")
         was_training = model.training
         model.eval()
         batch = self.batch_size or strategy.eval_mb_size or 256
         built = self.head is None
         try:
-            if not built:
-                self._fit(strategy, data, int(batch))
-            else:
-                try:
-                    self._fit(strategy, data, int(batch))
-                except BaseException:
-                    self.buffer = self.head = None
-                    raise
+            self._fit(strategy, data, int(batch))
+        except BaseException:
+            if built:  # nothing was fitted before: no head at all
+                self.buffer = self.head = None
+            raise
         finally:
             model.train(was_training)
 
     def _batches(self, strategy, data, batch: int):
         """``(features, targets)`` batches; under ``torch.distributed`` this process's exact
-        shard (:func:`~neve.models.distributed.equal_batches`: every item once over all
+        shard (:func:`~neve.models.core.distributed.equal_batches`: every item once over all
         processes, the same number of batches on each, as the head's all-reduce needs)."""
         def fn(x):
             return self._features(strategy, x)

@@ -1,37 +1,22 @@
 """Checkpoint and resume for Avalanche strategies: a safe default, and the whole-strategy pickle.
 
-``save_checkpoint(strategy, path)`` writes neve's default format: the model's,
-optimizer's and plugins' ``state_dict`` s, the clock, the RNG states and the
-evaluator's results as tensors and plain data (:mod:`neve.plugins.strategy_state`),
+``save_checkpoint(strategy, path)`` writes every component's state as tensors and
+plain data (:mod:`~neve.plugins.checkpoint_state`), with what the file must match,
 in a file that loads with ``torch.load(weights_only=True)`` and carries a SHA-256
-of its contents (:mod:`neve.plugins.state_file`). ``maybe_load_checkpoint``
+of its contents (:mod:`~neve.plugins.checkpoint_file`). ``maybe_load_checkpoint``
 restores it into a strategy built the same way, after checking the file's
-integrity, classes, settings and shapes (:mod:`neve.plugins.checkpoint_match`);
-any problem is one :class:`CheckpointError` and the strategy is left as it was.
-State that has no such form (Avalanche's ``ReplayPlugin`` buffer, EWC's
-importances) is refused at save with a ValueError naming it.
+integrity and fields, the classes, shapes and *settings* (what each component
+declares in a class attribute ``checkpointed``: attribute names; a strategy
+without one: :data:`STRATEGY_SETTINGS`; and the optimizer's ``defaults``); any
+problem is one :class:`CheckpointError` and the strategy is left as it was.
 
 ``format="pickle"`` (both functions) is Avalanche 0.6.0's whole-strategy dill
-pickle: it stores anything, but **loading such a file runs code from it**, as
-any pickle can: load only files you wrote or trust.
-
-That pickle needs a fix under torch >= 2.x, where Avalanche's ``save_checkpoint``
-fails (``PicklingError: Can't pickle sentinel ... typing_extensions.sentinel``
-with typing_extensions 4.16, ``Can't pickle <class 'PyCapsule'>`` with 4.15,
-whatever the dill version). The cause: dill decides whether a class can be
-pickled by reference with ``_import_module(cls.__module__)``, which walks the
-dotted path with ``getattr`` on each parent package. ``torch/optim/__init__.py``
-deletes its submodule attributes after importing them (``del sgd, adam, ...``),
-so ``torch.optim.sgd`` is in ``sys.modules`` but not an attribute of
-``torch.optim``. dill concludes that ``torch.optim.sgd.SGD`` cannot be found by
-name and pickles the optimizer *class* by value: its methods, their globals, and
-eventually typing_extensions internals that cannot be pickled at all. The fix is
-at the cause: :func:`restore_submodule_attributes` puts every imported ``torch``
-submodule back as an attribute of its parent package (what the import system
-does on first import anyway), and then classes pickle by reference as they
-should. Importing :mod:`neve.plugins` applies it, so Avalanche's own
-``avalanche.checkpointing`` functions work too; the ``"pickle"`` format here
-applies it again right before pickling (for modules imported later).
+pickle: it stores anything, but **loading such a file runs code from it**. Under
+torch >= 2.x it fails (``PicklingError``): ``torch/optim/__init__.py`` deletes
+its submodule attributes, so dill pickles the optimizer *class* by value, down
+to objects that cannot be pickled. :func:`restore_submodule_attributes` puts
+every imported ``torch`` submodule back as an attribute of its parent package
+(importing :mod:`neve.plugins` applies it, and so does the ``"pickle"`` format).
 """
 
 from __future__ import annotations
@@ -44,21 +29,33 @@ from typing import TypeVar
 import torch
 from avalanche.checkpointing import maybe_load_checkpoint as avalanche_load
 from avalanche.checkpointing import save_checkpoint as avalanche_save
+from torch import nn
 
-from ..models.distributed import is_distributed, raise_everywhere, rank_and_world
-from .checkpoint_match import class_problems, setting_problems, shape_problems
-from .state_file import CheckpointError, damaged, read_state_file, write_state_file
-from .strategy_state import load_strategy_state, strategy_state
+from ..models.core.distributed import default_reduction, is_distributed, rank_and_world
+from .checkpoint_file import (
+    SCALARS,
+    CheckpointError,
+    check_fields,
+    damaged_file_error,
+    read_checkpoint_file,
+    write_checkpoint_file,
+)
+from .checkpoint_state import (
+    adapter_of,
+    class_name,
+    in_dynamic_module,
+    is_lazy,
+    load_strategy_state,
+    strategy_state,
+)
 
+#: Settings of a strategy that declares none.
+STRATEGY_SETTINGS = ("train_mb_size", "train_epochs", "eval_mb_size")
 T = TypeVar("T")
 
 
 def restore_submodule_attributes(packages: tuple[str, ...] = ("torch",)) -> list[str]:
-    """Make each imported submodule of ``packages`` an attribute of its parent package.
-
-    Returns:
-        The dotted names of the submodules that were re-attached.
-    """
+    """Make each imported submodule of ``packages`` an attribute of its parent; returns them."""
     restored = []
     for name, module in list(sys.modules.items()):
         if module is None or "." not in name or not name.startswith(packages):
@@ -79,17 +76,14 @@ def save_checkpoint(strategy, path: str | os.PathLike, *, format: str = "state")
             with a SHA-256 (see the module docstring). ``"pickle"``: Avalanche's
             dill pickle of the whole strategy; loading it runs code from the file.
 
-    Under ``torch.distributed`` every process calls it with the same ``path``;
-    rank 0 alone writes the file (on a file system that every process reads at
-    resume) and every process returns once it is written, or raises when rank 0
-    could not write it. Every process resumes from rank 0's state: the model,
-    the optimizer and neve's statistics are the same in every process, and the
-    RNG states are rank 0's.
+    Under ``torch.distributed`` every process calls it with the same ``path``; rank 0
+    alone writes (every process resumes from rank 0's state) and every process
+    returns once the file is written, or raises when rank 0 could not write it.
 
     Raises:
-        ValueError: ``format="state"`` and a plugin, metric, optimizer or attribute
-            holds state that the format cannot store (named in the message);
-            nothing is written.
+        ValueError: a component holds state that the format cannot store (named).
+        OSError: the file cannot be written (naming it and the cause); a previous
+            file at ``path`` is left whole.
     """
     if format not in ("state", "pickle"):
         raise ValueError(f"format must be 'state' or 'pickle', got {format!r}")
@@ -101,20 +95,16 @@ def save_checkpoint(strategy, path: str | os.PathLike, *, format: str = "state")
                 restore_submodule_attributes()
                 avalanche_save(strategy, path)
             else:
-                write_state_file(path, strategy_state(strategy))
+                write_checkpoint_file(path, strategy_state(strategy, strategy_settings(strategy)))
         except Exception as err:  # noqa: BLE001 - raised again below, on every process
             error = err
-    raise_everywhere(error, f"rank 0 could not write the checkpoint {os.fspath(path)} "
-                     "(see its error)")
+    default_reduction().agree(error, f"rank 0 could not write the checkpoint {os.fspath(path)}"
+                              " (see its error)")
 
 
 def process_map_location() -> dict[str, str] | None:
-    """``map_location`` that puts every saved CUDA tensor on this process's current GPU.
-
-    None (tensors where they were saved) in one process or without CUDA; under
-    ``torch.distributed``, ``{"cuda:i": "cuda:<current>"}`` for every GPU index
-    ``i`` of this node.
-    """
+    """Under ``torch.distributed`` with CUDA, ``{"cuda:i": "cuda:<current>"}`` for every GPU
+    of this node (rank 0 wrote from its own GPU); else None (where they were saved)."""
     if not (is_distributed() and torch.cuda.is_available()):
         return None
     here = f"cuda:{torch.cuda.current_device()}"
@@ -164,32 +154,34 @@ def maybe_load_checkpoint(
         return strategy, 0
     if map_location is None:
         map_location = process_map_location()
-    state = read_state_file(path, map_location)
+    state = read_checkpoint_file(path, map_location)
     try:
+        check_fields(state)
         _check_fit(strategy, state, path, override=override)
-        backup = copy.deepcopy(strategy_state(strategy))
+        backup = copy.deepcopy(strategy_state(strategy, strategy_settings(strategy)))
     except (KeyError, TypeError, AttributeError) as error:
-        raise damaged(path, f"unexpected contents: {type(error).__name__} {error}") from None
-    except CheckpointError:
-        raise
-    except ValueError as error:  # this strategy holds state the format cannot store
-        message = f"cannot load {os.fspath(path)} into this strategy: {error}"
-        raise CheckpointError(message) from None
+        raise damaged_file_error(path, f"unexpected contents: {type(error).__name__} {error}") \
+            from None
+    except ValueError as error:  # (not a CheckpointError) state the format cannot store
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(f"cannot load {os.fspath(path)} into this strategy: {error}") \
+            from None
     try:
-        load_strategy_state(strategy, state, override=override)
+        if override:
+            take_settings(strategy, state["settings"])
+        load_strategy_state(strategy, state)
     except Exception as error:
+        why = f"checkpoint {os.fspath(path)} could not be restored ({type(error).__name__}: " \
+              f"{error})"
         try:
-            load_strategy_state(strategy, backup, override=True)
+            take_settings(strategy, backup["settings"])
+            load_strategy_state(strategy, backup)
         except Exception as second:  # noqa: BLE001
-            raise CheckpointError(
-                f"checkpoint {os.fspath(path)} could not be restored ({type(error).__name__}: "
-                f"{error}), nor the strategy's own state put back ({second}): rebuild it"
-            ) from error
-        raise CheckpointError(
-            f"checkpoint {os.fspath(path)} could not be restored ({type(error).__name__}: "
-            f"{error}); the strategy was left as it was"
-        ) from error
-    return strategy, int(state["next_experience"])
+            raise CheckpointError(f"{why}, nor the strategy's own state put back ({second}): "
+                                  "rebuild it") from error
+        raise CheckpointError(f"{why}; the strategy was left as it was") from error
+    return strategy, state["next_experience"]
 
 
 def _check_fit(strategy, state: dict, path: str | os.PathLike, *, override: bool) -> None:
@@ -198,10 +190,104 @@ def _check_fit(strategy, state: dict, path: str | os.PathLike, *, override: bool
     problems = class_problems(strategy, state)
     if problems:
         raise CheckpointError(where + "; ".join(problems))
-    saved = state["model"]
-    problems = shape_problems(strategy.model, saved["state"], saved.get("unset", ()))
-    settings = [] if override else setting_problems(strategy, state)
+    problems = shape_problems(strategy.model, state["model"])
+    settings = [] if override else setting_problems(strategy, state["settings"])
     if problems or settings:
         advice = (". Build the strategy with the file's settings, or pass override=True to "
                   "take the file's values" if settings else "")
         raise CheckpointError(where + "; ".join(problems + settings) + advice)
+
+
+# ------------------------------------------------------------- what a file must match
+def settings_owners(strategy) -> list[tuple[str, object]]:
+    """``(owner name, object)``: the strategy, model modules, plugins and metrics."""
+    owners = [(type(strategy).__name__, strategy)]
+    owners += [(f"model.{name}".rstrip("."), module)
+               for name, module in strategy.model.named_modules()]
+    for obj in [*strategy.plugins, *getattr(strategy.evaluator, "metrics", [])]:
+        name = type(obj).__name__
+        owners.append((name if name not in dict(owners) else f"{name}#{len(owners)}", obj))
+    return owners
+
+
+def strategy_settings(strategy) -> dict[str, dict]:
+    """``{owner: {name: value}}``: each component's declared settings, the optimizer's defaults."""
+    settings = {}
+    for owner, obj in settings_owners(strategy):
+        names = getattr(type(obj), "checkpointed", STRATEGY_SETTINGS if obj is strategy else ())
+        values = {n: getattr(obj, n) for n in names if isinstance(getattr(obj, n, None), SCALARS)}
+        if values:
+            settings[owner] = values
+    optimizer = getattr(strategy, "optimizer", None)
+    if optimizer is not None:
+        settings["optimizer"] = {k: v for k, v in optimizer.defaults.items()
+                                 if isinstance(v, SCALARS)}
+    return settings
+
+
+def _same(a: object, b: object) -> bool:
+    numbers = (int, float)
+    return (type(a) is type(b) and a == b) or (
+        isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool)
+        and not isinstance(b, bool) and a == b)
+
+
+def setting_problems(strategy, saved: dict) -> list[str]:
+    """Declared settings that differ between ``strategy`` and the file's."""
+    here = strategy_settings(strategy)
+    return [f"{owner}.{name}: {here[owner][name]!r} asked, {value!r} in the file"
+            for owner, values in saved.items() for name, value in sorted(values.items())
+            if name in here.get(owner, {}) and not _same(here[owner][name], value)]
+
+
+def take_settings(strategy, saved: dict) -> None:
+    """Set the file's declared settings on ``strategy``'s components (``override=True``)."""
+    for owner, obj in settings_owners(strategy):
+        for name, value in saved.get(owner, {}).items():
+            if not isinstance(getattr(type(obj), name, None), property):
+                setattr(obj, name, value)
+    if getattr(strategy, "optimizer", None) is not None:
+        strategy.optimizer.defaults.update(saved.get("optimizer", {}))
+
+
+def class_problems(strategy, payload: dict) -> list[str]:
+    """Differences in the classes of strategy, plugins (and their parts), metrics, optimizer."""
+    problems = []
+    if payload["strategy_class"] != class_name(strategy):
+        problems.append(f"the file is for a {payload['strategy_class']}, this strategy is a "
+                        f"{class_name(strategy)}")
+    for what, here, there in (
+        ("plugins", [class_name(p) for p in strategy.plugins],
+         [p["class"] for p in payload["plugins"]]),
+        ("evaluator metrics", [class_name(m) for m in getattr(strategy.evaluator, "metrics", [])],
+         payload["metric_classes"]),
+        ("optimizer", [class_name(getattr(strategy, "optimizer", None))],
+         [None if payload["optimizer"] is None else payload["optimizer"]["class"]]),
+    ):
+        if here != there:
+            problems.append(f"{what}: this strategy has {here}, the file {there}")
+    for plugin, entry in zip(strategy.plugins, payload["plugins"], strict=not problems):
+        adapter = adapter_of(plugin)
+        mine = {n: class_name(p) for n, p in adapter[2](plugin).items()} if adapter else {}
+        for name, theirs in entry.get("parts", {}).items():
+            if mine.get(name) != theirs:
+                problems.append(f"{type(plugin).__name__}.{name}: this strategy has "
+                                f"{mine.get(name)}, the file {theirs}")
+    return problems
+
+
+def shape_problems(model: nn.Module, saved: dict) -> list[str]:
+    """Tensors of the model missing, extra or of another shape than in the file's model."""
+    own, tensors = model.state_dict(), saved["state"]
+    missing = sorted(own.keys() - tensors.keys() - set(saved.get("unset", ())))
+    extra = sorted(k for k in tensors.keys() - own.keys() if not is_lazy(model, k))
+    problems = [f"model tensors missing from the file: {missing[:5]}"] if missing else []
+    problems += [f"model tensors in the file but not in this model: {extra[:5]}"] if extra else []
+    for key in sorted(own.keys() & tensors.keys()):
+        a, b, owner = own[key], tensors[key], key.rpartition(".")[0]
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape != b.shape \
+                and not in_dynamic_module(model, owner) and type(model.get_submodule(
+                    owner))._load_from_state_dict is nn.Module._load_from_state_dict:
+            problems.append(f"model.{key}: shape {tuple(a.shape)} here, {tuple(b.shape)} in "
+                            "the file")
+    return problems

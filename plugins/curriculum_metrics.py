@@ -19,7 +19,7 @@ from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
 from avalanche.training.supervised import JointTraining
 
-from ..models.distributed import all_reduce_sum, is_distributed
+from ..models.core.distributed import default_reduction
 from .curriculum_f import curriculum_effectiveness, effectiveness_f
 
 __all__ = ["CurriculumEffectiveness", "curriculum_effectiveness", "effectiveness_f"]
@@ -142,12 +142,13 @@ class CurriculumEffectiveness(PluginMetric[dict]):
         Avalanche's own shards the sums count the items that its ``DistributedSampler``
         repeats to pad the shards twice.
         """
-        if not is_distributed():
+        reduction = default_reduction()
+        if not reduction.active:
             return
         keys = sorted(self._total)
         counts = torch.tensor([[self._correct[k], self._total[k]] for k in keys],
                               dtype=torch.long).reshape(-1, 2)
-        all_reduce_sum([counts])
+        reduction.sum([counts])
         for k, (correct, total) in zip(keys, counts.tolist(), strict=True):
             self._correct[k], self._total[k] = correct, total
 

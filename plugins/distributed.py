@@ -1,4 +1,4 @@
-"""Avalanche plugins for training under ``torch.distributed`` (issue #14).
+"""Avalanche plugins for training under ``torch.distributed``.
 
 Avalanche 0.6 shards its data loaders with torch's ``DistributedSampler`` when
 :class:`avalanche.distributed.DistributedHelper` is initialised, but leaves the
@@ -27,16 +27,10 @@ model unwrapped and does not reduce its metrics. Four plugins fill the gaps:
   learner) get a fresh wrapper, and the other plugins see the plain model
   (neve's model contract, ``model.features`` / ``model.classifier``).
 
-:func:`init_distributed` starts the process group as
-``DistributedHelper.init_distributed`` does, with each process on its node's
-GPU ``cuda:LOCAL_RANK``; Avalanche 0.6.0 uses ``cuda:RANK`` (the global rank),
-which does not exist on a second node.
+Starting the process group: :func:`neve.plugins.process_group.init_distributed`.
 """
 
 from __future__ import annotations
-
-import datetime
-import os
 
 import torch
 from avalanche.core import SupervisedPlugin
@@ -44,83 +38,14 @@ from avalanche.distributed import DistributedHelper
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..models.arguments import check_int
-from ..models.distributed import (
+from ..models.core.checks import Bool, Seed, validated
+from ..models.core.distributed import (
     exact_shard_loader,
     global_batch_part,
     is_distributed,
-    process_device,
     rank_and_world,
 )
-
-
-def init_distributed(seed: int, backend: str | None = None, use_cuda: bool = True, *,
-                     timeout: datetime.timedelta | None = None) -> torch.device:
-    """Start ``torch.distributed`` for Avalanche; returns this process's device.
-
-    What ``DistributedHelper.init_distributed(seed, backend, use_cuda)`` does (the
-    process group from torchrun's environment, the same seed in every process,
-    Avalanche's map for unpickled tensors), except that each process is put on
-    its own node's GPU, ``cuda:LOCAL_RANK``
-    (:func:`neve.models.distributed.process_device`). Avalanche 0.6.0 uses
-    ``cuda:RANK``, the global rank: on the second node of 4 GPUs each, rank 4 asks
-    for ``cuda:4`` and fails (``invalid device ordinal``); the same happens in its
-    ``wrap_model``, which :class:`DDPPlugin` therefore does not use.
-
-    Without torchrun's environment (no ``LOCAL_RANK``) no process group is started:
-    one process, on ``cuda:0`` or the CPU. ``backend`` defaults to ``"nccl"`` with
-    CUDA and ``"gloo"`` without; ``"gloo"`` also works with CUDA tensors.
-    ``timeout``: how long a collective waits for the other processes (torch's
-    default: 10 minutes under NCCL, 30 under gloo), e.g. while rank 0 writes a
-    large checkpoint.
-
-    Raises:
-        RuntimeError: a process group is already up.
-        ValueError: ``seed`` negative, ``backend`` not a string, ``timeout`` not a
-            positive ``datetime.timedelta``, ``LOCAL_RANK`` not a non-negative
-            integer or not below the node's GPU count.
-    """
-    seed = check_int(seed, "seed", minimum=0)
-    if timeout is not None and not (isinstance(timeout, datetime.timedelta)
-                                    and timeout.total_seconds() > 0):
-        raise ValueError(f"timeout must be None or a positive datetime.timedelta, got "
-                         f"{timeout!r}")
-    if backend is not None and not isinstance(backend, str):
-        raise ValueError(f"backend must be None, 'nccl' or 'gloo', got {backend!r}")
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        raise RuntimeError("a torch.distributed process group is already up; "
-                           "init_distributed starts it")
-    use_cuda = bool(use_cuda) and torch.cuda.is_available()
-    local_rank = os.environ.get("LOCAL_RANK")
-    try:
-        index = int(local_rank or 0)
-    except ValueError:
-        raise ValueError(f"LOCAL_RANK must be an integer, got {local_rank!r}") from None
-    device = process_device(index, torch.cuda.device_count() if use_cuda else 0)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if local_rank is not None:
-        backend = backend or ("nccl" if use_cuda else "gloo")
-        extra = {} if timeout is None else {"timeout": timeout}
-        torch.distributed.init_process_group(
-            backend=backend, device_id=device if backend == "nccl" else None, **extra)
-    DistributedHelper.use_cuda = use_cuda
-    DistributedHelper.set_random_seeds(seed)
-    DistributedHelper._dev_map = DistributedHelper._make_map(device)
-    return device
-
-
-def ddp_device_ids(model: torch.nn.Module) -> list[torch.device] | None:
-    """``device_ids`` for ``DistributedDataParallel(model)``: the model's one GPU, else None.
-
-    None for a model on the CPU (or spread over several devices), as DDP expects.
-    """
-    devices = {p.device for p in model.parameters()}
-    if len(devices) == 1:
-        (device,) = devices
-        if device.type == "cuda":
-            return [device]
-    return None
+from .process_group import ddp_device_ids
 
 
 def _collate(dataset) -> dict:
@@ -128,25 +53,30 @@ def _collate(dataset) -> dict:
     return {} if collate is None else {"collate_fn": collate}
 
 
-def whole_experience_loader(dataset, batch_size: int) -> DataLoader:
-    """A plain loader over all of ``dataset``, in order (its ``collate_fn`` if it has one)."""
-    return DataLoader(dataset, batch_size=int(batch_size), shuffle=False, **_collate(dataset))
+def whole_evaluation_loader(strategy) -> DataLoader:
+    """The one evaluation-loader policy under several processes: all of the experience, in order.
+
+    A plain loader over ``strategy.adapted_dataset`` in batches of ``eval_mb_size``
+    (its ``collate_fn`` if it has one), so every process computes, and rank 0
+    logs, the one-process metrics.
+    """
+    data = strategy.adapted_dataset
+    return DataLoader(data, batch_size=int(strategy.eval_mb_size), shuffle=False,
+                      **_collate(data))
 
 
 class WholeEvaluationPlugin(SupervisedPlugin, supports_distributed=True):
     """Every process evaluates the whole experience under ``torch.distributed``.
 
     ``before_eval_exp`` replaces Avalanche's sharded loader with
-    :func:`whole_experience_loader` over ``adapted_dataset`` (``eval_mb_size``), so
-    the metrics that each process computes, and rank 0 logs, are the one-process
-    metrics. Each process does the whole evaluation's work. Does nothing in a
-    single process. No state.
+    :func:`whole_evaluation_loader`, so the metrics that each process computes, and
+    rank 0 logs, are the one-process metrics. Each process does the whole
+    evaluation's work. Does nothing in a single process. No state.
     """
 
     def before_eval_exp(self, strategy, **kwargs) -> None:
         if is_distributed():
-            strategy.dataloader = whole_experience_loader(strategy.adapted_dataset,
-                                                          strategy.eval_mb_size)
+            strategy.dataloader = whole_evaluation_loader(strategy)
 
     def state_dict(self) -> dict:
         return {}
@@ -159,7 +89,7 @@ class ExactShardsPlugin(WholeEvaluationPlugin, supports_distributed=True):
     """Exact training shards and whole-experience evaluation under ``torch.distributed``.
 
     Replaces ``strategy.dataloader`` after Avalanche made it: for training, with
-    :func:`neve.models.distributed.exact_shard_loader` over ``adapted_dataset``
+    :func:`neve.models.core.distributed.exact_shard_loader` over ``adapted_dataset``
     (``train_mb_size``, a seeded shuffle: ``seed + experience index``); for
     evaluation, as :class:`WholeEvaluationPlugin`. Does nothing in a single process.
 
@@ -168,12 +98,10 @@ class ExactShardsPlugin(WholeEvaluationPlugin, supports_distributed=True):
         shuffle: shuffle the training items before sharding.
     """
 
+    @validated(seed=Seed(), shuffle=Bool())
     def __init__(self, seed: int = 0, shuffle: bool = True) -> None:
         super().__init__()
-        self.seed = check_int(seed, "seed", minimum=0)
-        if not isinstance(shuffle, bool):
-            raise TypeError(f"shuffle must be True or False, got {shuffle!r}")
-        self.shuffle = shuffle
+        self.seed, self.shuffle = seed, shuffle
 
     def before_training_exp(self, strategy, **kwargs) -> None:
         if not is_distributed():
@@ -189,8 +117,8 @@ class ExactShardsPlugin(WholeEvaluationPlugin, supports_distributed=True):
         return {"seed": self.seed, "shuffle": self.shuffle}
 
     def load_state_dict(self, state: dict) -> None:
-        self.seed = check_int(state["seed"], "state's seed", minimum=0)
-        self.shuffle = bool(state["shuffle"])
+        self.seed = Seed().check(state["seed"], "state's seed")
+        self.shuffle = Bool().check(state["shuffle"], "state's shuffle")
 
 
 class GlobalBatchPlugin(SupervisedPlugin, supports_distributed=True):
@@ -202,7 +130,7 @@ class GlobalBatchPlugin(SupervisedPlugin, supports_distributed=True):
     over ``adapted_dataset`` that draws a permutation from a generator seeded with
     ``seed + experience index`` (the same draws on every process, a new
     permutation each epoch, as one process's shuffling loader) and yields this
-    process's :func:`neve.models.distributed.global_batch_part`; ``before_backward`` multiplies
+    process's :func:`neve.models.core.distributed.global_batch_part`; ``before_backward`` multiplies
     ``strategy.loss`` by the part's weight. Active in one process too (weight 1),
     so one process and ``W`` processes see the same global batches, without
     ``DistributedSampler``'s padding (repeated items) or its fixed seed.
@@ -221,9 +149,10 @@ class GlobalBatchPlugin(SupervisedPlugin, supports_distributed=True):
         seed: seed of the training permutations.
     """
 
+    @validated(seed=Seed())
     def __init__(self, seed: int = 0) -> None:
         super().__init__()
-        self.seed = check_int(seed, "seed", minimum=0)
+        self.seed = seed
         self._generator: torch.Generator | None = None
         self._weights: list[float] = []
         self._iteration = 0
@@ -260,7 +189,7 @@ class GlobalBatchPlugin(SupervisedPlugin, supports_distributed=True):
         return {"seed": self.seed}
 
     def load_state_dict(self, state: dict) -> None:
-        self.seed = check_int(state["seed"], "state's seed", minimum=0)
+        self.seed = Seed().check(state["seed"], "state's seed")
 
 
 class DDPPlugin(SupervisedPlugin, supports_distributed=True):

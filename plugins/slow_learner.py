@@ -15,8 +15,8 @@ import torch
 from avalanche.core import SupervisedPlugin
 from torch import nn
 
-from ..models.arguments import check_int, check_number
 from ..models.classifier import model_part
+from ..models.core.checks import check_int, check_number
 from .training_modes import (
     backbone_to_eval,
     experience_classes,

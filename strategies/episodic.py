@@ -38,8 +38,8 @@ from avalanche.training.storage_policy import ExemplarsBuffer
 from avalanche.training.supervised import Naive
 
 from ..models.convnets import TunedNetwork
-from ..models.distributed import is_distributed
-from .arguments import check_bool, check_device, check_int, check_number
+from ..models.core.checks import check_bool, check_device, check_int, check_number
+from ..models.core.distributed import is_distributed
 
 # (support sets S) -> (last L sets kept, k samples per step), Kowadlo et al. (2022), replay
 PAPER_REPLAY_SETTINGS = MappingProxyType(

@@ -2,11 +2,11 @@
 
 The prototype classifier of Kowadlo et al. (2022)'s instance test, on a frozen
 backbone's features (episodes encoded by :func:`neve.benchmarks.encode_episodes`):
-class sums and counts are accumulated without gradients, and Avalanche's
-``NCMClassifier`` predicts the class whose mean is closest to the query
-(``scoring="euclidean"``), or :class:`neve.models.prototypes.DotProductNCM` the
-class whose mean has the largest dot product with it (``scoring="dot"``, the
-authors' ProtoNet score).
+class sums and counts are accumulated without gradients
+(:mod:`neve.models.prototypes`), and Avalanche's ``NCMClassifier`` predicts the
+class whose mean is closest to the query (``scoring="euclidean"``), or
+:class:`neve.models.prototypes.DotProductNCM` the class whose mean has the
+largest dot product with it (``scoring="dot"``, the authors' ProtoNet score).
 
 With ``scoring="euclidean"`` (or ``"dot"`` with ``normalize=True``) and one
 support item per class, a query that is an exact copy of a support item is
@@ -20,76 +20,18 @@ from collections.abc import Sequence
 import torch
 from avalanche.models import NCMClassifier
 from avalanche.training.plugins import EvaluationPlugin
-from avalanche.training.templates import SupervisedTemplate
-from avalanche.training.templates.base import _experiences_parameter_as_iterable
 
-from ..models.distributed import (
-    all_reduce_sum,
-    exact_shard_loader,
-    is_distributed,
-    raise_everywhere,
+from ..models.core.checks import Bool, Device, Int, OneOf, check_features, check_labels, validated
+from ..models.prototypes import (
+    SCORINGS,
+    DotProductNCM,
+    add_class_sums,
+    class_means,
+    seen_class_scores,
 )
-from ..models.prototypes import DotProductNCM
-from ..plugins.distributed import whole_experience_loader
 from ..plugins.training_modes import experience_classes
-from .arguments import check_bool, check_device, check_int
+from .closed_form import ClosedFormStrategy
 from .episodic import episode_evaluator
-from .gradient_free import check_exemplar_free, check_gradient_free
-
-
-def add_class_sums(
-    sums: torch.Tensor, counts: torch.Tensor, x: torch.Tensor, y: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Add a batch to the per-class sums and counts, in place; returns them.
-
-    Args:
-        sums: ``[C, D]`` float64 per-class sums of features.
-        counts: ``[C]`` float64 per-class item counts.
-        x: ``[n, D]`` features (float64).
-        y: ``[n]`` integer labels in ``[0, C)``.
-    """
-    sums.index_add_(0, y, x)
-    counts.index_add_(0, y, torch.ones_like(y, dtype=counts.dtype))
-    return sums, counts
-
-
-def class_means(sums: torch.Tensor, counts: torch.Tensor) -> dict[int, torch.Tensor]:
-    """``{class: sums[class] / counts[class]}`` (float32) for every class with ``counts > 0``.
-
-    Args:
-        sums: ``[C, D]`` per-class sums of features.
-        counts: ``[C]`` per-class item counts.
-    """
-    seen = torch.nonzero(counts > 0).flatten().tolist()
-    return {c: (sums[c] / counts[c]).float() for c in seen}
-
-
-SCORINGS = ("euclidean", "dot")
-
-
-def prototype_scores(
-    x: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor, scoring: str = "euclidean"
-) -> torch.Tensor:
-    """``[n, C]`` float32 scores of each row of ``x`` against each class mean
-    ``m_c = sums[c] / counts[c]``; ``-inf`` for a class with no items yet.
-
-    ``scoring="euclidean"``: ``-||x - m_c||`` (the argmax is the nearest mean, as
-    ``NCMClassifier`` predicts); ``"dot"``: ``x . m_c`` (as ``DotProductNCM``).
-
-    Args:
-        x: ``[n, D]`` features (already normalised when the means are of normalised ones).
-        sums: ``[C, D]`` per-class sums; counts: ``[C]`` per-class item counts.
-        scoring: "euclidean" or "dot".
-    """
-    seen = counts > 0
-    scores = torch.full((x.shape[0], sums.shape[0]), float("-inf"), dtype=torch.float64,
-                        device=x.device)
-    means = sums[seen] / counts[seen].unsqueeze(1)
-    if scoring == "dot":
-        scores[:, seen] = x.double() @ means.double().T
-    else:
-        scores[:, seen] = -torch.cdist(x.double(), means.double())
-    return scores.float()
 
 
 class _WithClasses:
@@ -103,7 +45,7 @@ class _WithClasses:
         return getattr(self._experience, name)
 
 
-class NearestPrototype(SupervisedTemplate):
+class NearestPrototype(ClosedFormStrategy):
     """Class means on (L2-normalised) features: a ProtoNet-like learner.
 
     Training adds each item's (normalised) feature to its class's running sum (no
@@ -113,34 +55,36 @@ class NearestPrototype(SupervisedTemplate):
     :class:`~neve.models.prototypes.DotProductNCM`, which predicts the class whose
     mean has the largest dot product with it (the authors' ProtoNet score; use
     ``normalize=False`` for their unnormalised embeddings). State: ``class_sums`` ``[C, D]``
-    and ``class_counts`` ``[C]`` (float64 tensors). An experience is learned whole
-    or not at all: the sums grow on a copy, kept when the experience ends.
+    and ``class_counts`` ``[C]`` (float64 tensors). The skeleton (one pass, refused
+    plugins, exact shards, whole evaluation, all-or-nothing experiences) is
+    :class:`~neve.strategies.closed_form.ClosedFormStrategy`'s: the sums of an
+    experience grow apart (summed over the processes) and are added when it ends.
 
-    During training, ``mb_output`` holds :func:`prototype_scores` of the
-    mini-batch against the means after adding it (``-inf`` for classes not seen
-    yet), so Avalanche's training metrics (``accuracy_metrics(epoch=True)``,
-    ``default_evaluator()``) report the nearest-mean accuracy on the data seen;
-    ``loss`` stays 0 (there is no loss).
-
-    Gradient plugins (EWC, LwF, SI, MAS, GEM...) are refused with a ValueError
-    naming the plugin: there are no gradients or optimizer here.
+    During training, ``mb_output`` holds :func:`~neve.models.prototypes.seen_class_scores`
+    of the mini-batch against the means after adding it (``-inf`` for classes not
+    seen yet), so Avalanche's training metrics report the nearest-mean accuracy on
+    the data seen; ``loss`` stays 0 (there is no loss).
 
     Args:
         num_classes: largest label + 1.
-        feature_dim: size of the input features.
+        feature_dim: size of the input features (inputs ``[n, feature_dim]``).
         normalize: L2-normalise features (and queries) first.
         scoring: "euclidean" (nearest mean, default) or "dot" (largest dot product).
         train_mb_size, eval_mb_size, device, plugins, evaluator, eval_every: as for
             Avalanche strategies (``evaluator`` default: :func:`episode_evaluator`).
-        train_epochs: fixed to 1 (a ValueError otherwise): a second pass would
-            count every item twice in the class means.
+        train_epochs: must be 1.
 
     Raises:
         ValueError: at :meth:`train`, for an experience with no items, labels
-            outside ``[0, num_classes)``, features of another size than
-            ``feature_dim`` or with NaN/inf (state unchanged).
+            outside ``[0, num_classes)``, inputs that are not ``[n, feature_dim]``
+            or with NaN/inf (state unchanged).
     """
 
+    checkpointed = ("num_classes", "feature_dim", "normalize", "scoring")
+
+    @validated(num_classes=Int(1), feature_dim=Int(1), normalize=Bool(),
+               scoring=OneOf(*SCORINGS), train_mb_size=Int(1), eval_mb_size=Int(1),
+               eval_every=Int(-1), device=Device())
     def __init__(
         self,
         *,
@@ -156,65 +100,49 @@ class NearestPrototype(SupervisedTemplate):
         evaluator: EvaluationPlugin | None = None,
         eval_every: int = -1,
     ) -> None:
-        num_classes = check_int(num_classes, "num_classes", minimum=1)
-        feature_dim = check_int(feature_dim, "feature_dim", minimum=1)
-        check_bool(normalize, "normalize")
-        if scoring not in SCORINGS:
-            raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
-        train_mb_size = check_int(train_mb_size, "train_mb_size", minimum=1)
-        eval_mb_size = check_int(eval_mb_size, "eval_mb_size", minimum=1)
-        eval_every = check_int(eval_every, "eval_every", minimum=-1)
-        device = check_device(device)
-        if train_epochs != 1:
-            raise ValueError(
-                f"train_epochs is fixed to 1 in NearestPrototype, got {train_epochs!r}: a "
-                "second pass would count every item twice in the class means"
-            )
-        plugins = list(plugins or [])
-        check_gradient_free(plugins, "NearestPrototype")
-        check_exemplar_free(plugins, "NearestPrototype")
-        super().__init__(
-            model=(DotProductNCM if scoring == "dot" else NCMClassifier)(normalize=normalize),
-            optimizer=None,  # type: ignore[arg-type]
-            criterion=torch.nn.CrossEntropyLoss(),
-            train_mb_size=train_mb_size,
-            train_epochs=1,
-            eval_mb_size=eval_mb_size,
-            device=device,
-            plugins=plugins,
-            evaluator=evaluator if evaluator is not None else episode_evaluator(),
-            eval_every=eval_every,
-        )
-        self.normalize = normalize
-        self.scoring = scoring
+        model = (DotProductNCM if scoring == "dot" else NCMClassifier)(normalize=normalize)
+        super().__init__(model=model, criterion=torch.nn.CrossEntropyLoss(),
+                         train_mb_size=train_mb_size, train_epochs=train_epochs,
+                         eval_mb_size=eval_mb_size, device=device, plugins=plugins,
+                         evaluator=evaluator if evaluator is not None else episode_evaluator(),
+                         eval_every=eval_every)
+        self.normalize, self.scoring = normalize, scoring
         self.class_sums = torch.zeros(num_classes, feature_dim, dtype=torch.float64)
         self.class_counts = torch.zeros(num_classes, dtype=torch.float64)
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def train(self, experiences, eval_streams=None, **kwargs):
-        """Avalanche's ``train``, after checking every experience's items and labels first."""
-        experiences = list(_experiences_parameter_as_iterable(experiences))
-        check_gradient_free(self.plugins, "NearestPrototype")
-        check_exemplar_free(self.plugins, "NearestPrototype")
-        for exp in experiences:
-            self._check_experience(exp)
-        return super().train(experiences, eval_streams, **kwargs)
+    @property
+    def num_classes(self) -> int:
+        return self.class_sums.shape[0]
 
-    def _check_experience(self, experience) -> None:
-        dataset = experience.dataset
+    @property
+    def feature_dim(self) -> int:
+        return self.class_sums.shape[1]
+
+    def state_dict(self) -> dict:
+        return {"class_sums": self.class_sums, "class_counts": self.class_counts}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Load a :meth:`state_dict`; refused (nothing changed) unless its shapes are this one's."""
+        sums, counts = state["class_sums"], state["class_counts"]
+        shape = (self.num_classes, self.feature_dim)
+        if not (isinstance(sums, torch.Tensor) and isinstance(counts, torch.Tensor)
+                and tuple(sums.shape) == shape and tuple(counts.shape) == shape[:1]):
+            raise ValueError(f"state's class_sums / class_counts must be {list(shape)} / "
+                             f"[{shape[0]}] (num_classes, feature_dim), got "
+                             f"{getattr(sums, 'shape', sums)} / {getattr(counts, 'shape', counts)}")
+        self.class_sums = sums.detach().to(torch.float64).clone()
+        self.class_counts = counts.detach().to(torch.float64).clone()
+
+    def check_experience(self, experience) -> None:
+        """Refuse an empty experience or labels outside ``[0, num_classes)``, before training."""
+        super().check_experience(experience)
         where = f"experiences: experience {getattr(experience, 'current_experience', '?')}"
-        if len(dataset) == 0:
-            raise ValueError(f"{where} has no items; NearestPrototype needs at least one")
-        targets = torch.as_tensor(list(dataset.targets))
-        if targets.is_floating_point() and not bool((targets == targets.round()).all()):
-            raise ValueError(f"{where} has non-integer labels")
+        targets = check_labels(experience.dataset.targets, f"{where} targets")
         low, high = int(targets.min()), int(targets.max())
-        if low < 0 or high >= len(self.class_counts):
+        if high >= self.num_classes:
             raise ValueError(f"{where} has labels in [{low}, {high}], outside "
-                             f"[0, num_classes={len(self.class_counts)})")
-
-    def make_optimizer(self, **kwargs) -> None:
-        """No optimiser: the class means are accumulated."""
+                             f"[0, num_classes={self.num_classes})")
 
     def model_adaptation(self, model=None):
         """Avalanche's adaptation; an experience without a class timeline (e.g. from
@@ -229,81 +157,25 @@ class NearestPrototype(SupervisedTemplate):
                 self.experience = experience
         return super().model_adaptation(model)
 
-    def _before_training_exp(self, **kwargs) -> None:
-        # under torch.distributed this process's sums start at zero and are summed
-        # over the processes, then added, when the experience ends
-        start = (self.class_sums, self.class_counts)
-        self._pending = tuple(torch.zeros_like(t) if is_distributed() else t.clone()
-                              for t in start)
-        super()._before_training_exp(**kwargs)
+    def before_absorbing(self) -> None:
+        self._pending = (torch.zeros_like(self.class_sums), torch.zeros_like(self.class_counts))
 
-    def make_train_dataloader(self, **kwargs) -> None:
-        """Avalanche's loader; under ``torch.distributed`` this process's exact shard
-        (no ``DistributedSampler`` padding, which would count repeated items twice)."""
-        if not is_distributed():
-            return super().make_train_dataloader(**kwargs)
-        data = self.adapted_dataset
-        self.dataloader = exact_shard_loader(data, int(self.train_mb_size),
-                                             collate_fn=data.collate_fn)
+    def absorb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Add the batch's (normalised) features to the experience's class sums."""
+        x = check_features(x.detach().double(), "experiences: the inputs", dim=self.feature_dim,
+                           dim_name="feature_dim")
+        if self.normalize:
+            x = torch.nn.functional.normalize(x, dim=1)
+        sums, counts = self._pending
+        self._pending = add_class_sums(sums.to(x.device), counts.to(x.device), x, y.long())
+        committed = (self.class_sums.to(x.device), self.class_counts.to(x.device))
+        return seen_class_scores(x, committed[0] + self._pending[0],
+                                 committed[1] + self._pending[1], self.scoring)
 
-    def make_eval_dataloader(self, **kwargs) -> None:
-        """Avalanche's loader; under ``torch.distributed`` the whole experience in every
-        process (Avalanche does not reduce its metrics across processes)."""
-        if not is_distributed():
-            return super().make_eval_dataloader(**kwargs)
-        self.dataloader = whole_experience_loader(self.adapted_dataset, self.eval_mb_size)
-
-    def training_epoch(self, **kwargs) -> None:
-        """One pass over the experience; under ``torch.distributed`` a bad batch (or any
-        error) on one process is refused on every process (an agreed flag), so none
-        waits forever in the sums' all-reduce."""
-        if not is_distributed():
-            return self._accumulate_epoch(**kwargs)
-        error: Exception | None = None
-        try:
-            self._accumulate_epoch(**kwargs)
-        except Exception as err:  # noqa: BLE001 - raised below, on every process
-            error = err
-        try:
-            raise_everywhere(error, "experiences: another process refused a batch of this "
-                             "experience (see its error); nothing of this experience was learned")
-        except Exception:
-            self._pending = None
-            raise
-
-    def _accumulate_epoch(self, **kwargs) -> None:
-        dim = self.class_sums.shape[1]
-        for mbatch in self.dataloader:
-            self.mbatch = mbatch
-            self._unpack_minibatch()
-            self._before_training_iteration(**kwargs)
-            self.loss = self._make_empty_loss()
-            x = self.mb_x.detach().double().flatten(1)
-            if x.shape[1] != dim or not bool(torch.isfinite(x).all()):
-                self._pending = None
-                raise ValueError(
-                    f"experiences: features must be finite vectors of feature_dim={dim} "
-                    f"values, got shape {tuple(x.shape)}"
-                    + ("" if x.shape[1] != dim else " with NaN or inf")
-                    + "; nothing of this experience was learned"
-                )
-            if self.normalize:
-                x = torch.nn.functional.normalize(x, dim=1)
-            sums, counts = self._pending
-            self._pending = add_class_sums(
-                sums.to(x.device), counts.to(x.device), x, self.mb_y.detach().long()
-            )
-            self._before_forward(**kwargs)
-            self.mb_output = prototype_scores(x, *self._pending, scoring=self.scoring)
-            self._after_forward(**kwargs)
-            self._after_training_iteration(**kwargs)
-
-    def _after_training_exp(self, **kwargs) -> None:
-        if is_distributed():
-            sums, counts = all_reduce_sum(self._pending)
-            self._pending = (self.class_sums + sums.to(self.class_sums.device),
-                             self.class_counts + counts.to(self.class_counts.device))
-        self.class_sums, self.class_counts = self._pending
+    def finish_experience(self) -> None:
+        """The experience's sums (over every process) added; the classifier's means updated."""
+        sums, counts = self.reduction.sum([t.cpu() for t in self._pending])
+        self.class_sums = self.class_sums + sums
+        self.class_counts = self.class_counts + counts
         self._pending = None
         self.model.replace_class_means_dict(class_means(self.class_sums, self.class_counts))
-        super()._after_training_exp(**kwargs)

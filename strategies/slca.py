@@ -13,30 +13,15 @@ from avalanche.training.templates.strategy_mixin_protocol import CriterionType
 from torch.nn import CrossEntropyLoss, Module
 from torch.optim import Optimizer
 
-from ..models.arguments import check_int
-from ..models.classifier import model_part
-from ..models.distributed import is_distributed
-from ..plugins.alignment import ClassifierAlignmentPlugin, check_single_head
-from ..plugins.distributed import whole_experience_loader
+from ..models.classifier import check_single_head, model_part
+from ..models.core.checks import Bool, Instance, Int, validated
+from ..plugins.alignment import ClassifierAlignmentPlugin
+from ..plugins.distributed import WholeEvaluationPlugin
 from ..plugins.slow_learner import SlowLearnerPlugin
 from ..plugins.training_modes import experience_classes
 from .slca_settings import PAPER_SETTINGS, SLCASettings, paper_parts
 
 __all__ = ["SLCA", "experience_classes"]
-
-
-def _check_arguments(model, optimizer, train_mb_size, train_epochs, eval_mb_size,
-                     current_classes_loss) -> None:
-    if not isinstance(model, Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(optimizer, Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {optimizer!r}")
-    check_int(train_mb_size, "train_mb_size", minimum=1)
-    check_int(train_epochs, "train_epochs", minimum=1)
-    if eval_mb_size is not None:
-        check_int(eval_mb_size, "eval_mb_size", minimum=1)
-    if not isinstance(current_classes_loss, bool):
-        raise TypeError(f"current_classes_loss must be True or False, got {current_classes_loss!r}")
 
 
 class SLCA(Naive):
@@ -56,7 +41,10 @@ class SLCA(Naive):
     alignment=ClassifierAlignmentPlugin(samples_per_class=256, epochs=5))``.
 
     Plugin order: the slow learner first, then the ``plugins`` given, then the
-    alignment (so e.g. LwF's teacher copy is the unaligned model).
+    alignment (so e.g. LwF's teacher copy is the unaligned model), then a
+    :class:`~neve.plugins.WholeEvaluationPlugin` unless one is given (under
+    ``torch.distributed`` every process evaluates the whole experience, so the
+    metrics are the one-process metrics; nothing in one process).
 
     Args:
         model, optimizer, criterion, train_mb_size, train_epochs, eval_mb_size,
@@ -83,6 +71,14 @@ class SLCA(Naive):
         slow_learner, alignment: the two plugins.
     """
 
+    checkpointed = ("train_mb_size", "train_epochs", "eval_mb_size", "current_classes_loss")
+
+    @validated(model=Instance(Module, what="a torch.nn.Module"),
+               optimizer=Instance(Optimizer, what="a torch.optim.Optimizer"),
+               train_mb_size=Int(1), train_epochs=Int(1), eval_mb_size=Int(1, optional=True),
+               slow_learner=Instance(SlowLearnerPlugin, optional=True),
+               alignment=Instance(ClassifierAlignmentPlugin, optional=True),
+               current_classes_loss=Bool())
     def __init__(
         self,
         *,
@@ -101,12 +97,6 @@ class SLCA(Naive):
         current_classes_loss: bool = True,
         **base_kwargs,
     ) -> None:
-        if slow_learner is not None and not isinstance(slow_learner, SlowLearnerPlugin):
-            raise TypeError(f"slow_learner must be a SlowLearnerPlugin, got {slow_learner!r}")
-        if alignment is not None and not isinstance(alignment, ClassifierAlignmentPlugin):
-            raise TypeError(f"alignment must be a ClassifierAlignmentPlugin, got {alignment!r}")
-        _check_arguments(model, optimizer, train_mb_size, train_epochs, eval_mb_size,
-                         current_classes_loss)
         self.current_classes_loss = current_classes_loss
         self._current_classes: list[int] = []
         self.slow_learner = SlowLearnerPlugin() if slow_learner is None else slow_learner
@@ -122,7 +112,8 @@ class SLCA(Naive):
             train_epochs=train_epochs,
             eval_mb_size=eval_mb_size,
             device=device,
-            plugins=[self.slow_learner, *(plugins or []), self.alignment],
+            plugins=_with_whole_evaluation([self.slow_learner, *(plugins or []),
+                                            self.alignment]),
             evaluator=evaluator,
             eval_every=eval_every,
             **base_kwargs,
@@ -132,13 +123,12 @@ class SLCA(Naive):
         self._current_classes = experience_classes(self.experience)
         super()._before_training_exp(**kwargs)
 
-    def make_eval_dataloader(self, **kwargs) -> None:
-        """Avalanche's loader; under ``torch.distributed`` the whole experience in every
-        process, so the metrics are the one-process metrics (Avalanche evaluates
-        padded shards and does not reduce its metrics)."""
-        if not is_distributed():
-            return super().make_eval_dataloader(**kwargs)
-        self.dataloader = whole_experience_loader(self.adapted_dataset, self.eval_mb_size)
+    def state_dict(self) -> dict:
+        """SLCA's own state: none (the slow learner's and the alignment's are their plugins')."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        return None
 
     def criterion(self):
         """``criterion`` over the current experience's classes while training (see above)."""
@@ -175,6 +165,12 @@ class SLCA(Naive):
         strategy = cls(**parts, **kwargs)
         strategy.lr_scheduler = scheduler
         return strategy
+
+
+def _with_whole_evaluation(plugins: list) -> list:
+    if not any(isinstance(p, WholeEvaluationPlugin) for p in plugins):
+        plugins.append(WholeEvaluationPlugin())
+    return plugins
 
 
 def paper_slca(model: Module, settings: SLCASettings | None = None, **kwargs) -> SLCA:

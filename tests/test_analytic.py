@@ -16,7 +16,7 @@ from torch import nn
 
 from neve.benchmarks import LabelledTensorDataset, class_balanced_subset, digits
 from neve.benchmarks.si_blurry import si_blurry_benchmark, si_blurry_split
-from neve.models import BufferLayer, RecursiveLeastSquares
+from neve.models import BufferLayer, IncrementalRidge
 from neve.models.ridge import add_lower_gram, symmetric_from_lower
 from neve.plugins.analytic import AnalyticHeadPlugin
 from neve.strategies import AnalyticCIL
@@ -59,7 +59,7 @@ def test_accumulate_and_woodbury_both_equal_joint_solution_with_growing_classes(
                         torch.randint(0, 9, (400,), generator=gen)])
     buffer = BufferLayer(24, 96, seed=3)
     feats = buffer(x)
-    forms = [RecursiveLeastSquares(96, 0.3), RecursiveLeastSquares(96, 0.3, method="woodbury")]
+    forms = [IncrementalRidge(96, 0.3), IncrementalRidge(96, 0.3, method="woodbury")]
     for start in range(0, 700, 53):
         for f in forms:
             f.partial_fit(feats[start : start + 53], labels[start : start + 53])
@@ -216,9 +216,9 @@ def test_float32_projection_stays_exact_for_its_own_features(digit_features):
 def test_bad_inputs_raise_and_leave_state_unchanged(digit_features):
     for gamma in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="gamma"):
-            RecursiveLeastSquares(8, gamma=gamma)
+            IncrementalRidge(8, gamma=gamma)
     for method in ("accumulate", "woodbury"):
-        rls = RecursiveLeastSquares(8, 1.0, method=method)
+        rls = IncrementalRidge(8, 1.0, method=method)
         rls.partial_fit(torch.rand(20, 8, dtype=torch.float64), torch.arange(20) % 3)
         before, w_before = _state(rls), rls.weight.clone()
         bad_x = torch.rand(4, 8, dtype=torch.float64)

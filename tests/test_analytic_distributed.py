@@ -5,7 +5,7 @@ import scipy.linalg
 import torch
 from gloo_harness import error_of, run_on_processes
 
-from neve.models import BufferLayer, RecursiveLeastSquares
+from neve.models import BufferLayer, IncrementalRidge
 
 N, D, B, GAMMA = 400, 16, 48, 0.5
 
@@ -23,7 +23,7 @@ def on_process(rank: int, world: int) -> dict:
     shard = slice(rank * N // world, (rank + 1) * N // world)
     xs, ys = x[shard], y[shard]
     buffer = BufferLayer(D, B, seed=1)
-    head = RecursiveLeastSquares(B, GAMMA)
+    head = IncrementalRidge(B, GAMMA)
     # uneven batches per rank, same number of calls (one empty)
     sizes = [50, 0, 60, 90] if rank == 0 else [10, 120, 40, 30]
     start = 0

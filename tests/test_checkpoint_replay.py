@@ -19,7 +19,7 @@ from resume_harness import assert_resumes_exactly
 
 from neve.benchmarks.datasets import LabelledTensorDataset
 from neve.plugins import CheckpointError, maybe_load_checkpoint, save_checkpoint
-from neve.plugins.state_file import read_state_file, write_state_file
+from neve.plugins.checkpoint_file import read_checkpoint_file, write_checkpoint_file
 from neve.strategies import NearestPrototype
 from neve.strategies.episodic import RecentSetsBuffer, pretrain_tune
 
@@ -89,9 +89,9 @@ def test_a_failed_load_puts_the_unset_buffer_back(bm, tmp_path):
     first = proto()
     first.train(bm.train_stream[0])
     save_checkpoint(first, tmp_path / "ck")
-    state = read_state_file(tmp_path / "ck")
+    state = read_checkpoint_file(tmp_path / "ck")
     state["rng"]["torch"] = torch.zeros(3, dtype=torch.uint8)  # fails after the model load
-    write_state_file(tmp_path / "bad", state)
+    write_checkpoint_file(tmp_path / "bad", state)
     fresh = proto()
     with pytest.raises(CheckpointError, match="left as it was"):
         maybe_load_checkpoint(fresh, tmp_path / "bad")
@@ -123,9 +123,9 @@ def test_a_buffer_created_on_first_use_in_a_dynamic_module_is_created_from_the_f
     fresh = make()
     maybe_load_checkpoint(fresh, tmp_path / "ck")
     assert torch.equal(fresh.model[0].scale, torch.tensor([1.0, 2.0, 3.0]))
-    state = read_state_file(tmp_path / "ck")
+    state = read_checkpoint_file(tmp_path / "ck")
     state["rng"]["torch"] = torch.zeros(3, dtype=torch.uint8)  # fails after the model load
-    write_state_file(tmp_path / "bad", state)
+    write_checkpoint_file(tmp_path / "bad", state)
     again = make()
     with pytest.raises(CheckpointError, match="left as it was"):
         maybe_load_checkpoint(again, tmp_path / "bad")

@@ -37,8 +37,8 @@ def make_slca() -> SLCA:
 
 def on_process(folder: str, rank: int, world: int) -> dict:
     writes = []
-    original = checkpoint.write_state_file
-    checkpoint.write_state_file = lambda path, payload: (writes.append(rank),
+    original = checkpoint.write_checkpoint_file
+    checkpoint.write_checkpoint_file = lambda path, payload: (writes.append(rank),
                                                          original(path, payload))
     train, test = digits(seed=0)
     bm = nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=0)

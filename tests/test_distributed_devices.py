@@ -18,11 +18,11 @@ import pytest
 import torch
 from avalanche.distributed import DistributedHelper
 
-from neve.models.distributed import process_device
+from neve.models.core.distributed import process_device
 from neve.plugins import init_distributed
 from neve.plugins.checkpoint import process_map_location
-from neve.plugins.distributed import ddp_device_ids
-from neve.plugins.strategy_state import continue_saving_process_cuda_rng
+from neve.plugins.checkpoint_state import continue_saving_process_cuda_rng
+from neve.plugins.process_group import ddp_device_ids
 
 PATH = Path(__file__).resolve().parents[1] / "bench" / "distributed.py"
 SPEC = importlib.util.spec_from_file_location("neve_bench_distributed", PATH)

@@ -15,7 +15,7 @@ from test_distributed_methods import example
 
 from neve.benchmarks import digits
 from neve.models import PretrainedClassifier
-from neve.models.distributed import global_batch_part
+from neve.models.core.distributed import global_batch_part
 from neve.plugins import DDPPlugin, GlobalBatchPlugin
 from neve.strategies import SLCA
 

@@ -17,7 +17,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from gloo_harness import run_on_processes
 
 from neve.benchmarks import LabelledTensorDataset, digits
-from neve.models.distributed import equal_batches, shard_range
+from neve.models.core.distributed import equal_batches, shard_range
 from neve.plugins import CurriculumEffectiveness
 from neve.strategies import NearestPrototype
 

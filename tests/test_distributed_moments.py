@@ -1,9 +1,9 @@
 """SLCA's statistics summed over processes equal one process's (issue #14).
 
 Two gloo workers each pass a contiguous shard (one of them empty in one case) to
-``reduced_class_moments`` and ``reduced_sdc_shifts``; the test process computes
-the same on the whole data without a process group, with the one-process
-functions, and the stored Gaussians (means, covariances, few-sample rows) are
+``class_moments``, ``sdc_shifts`` and ``drift_jacobian`` with the process group's
+reduction; the test process computes the same on the whole data without a
+process group, and the stored Gaussians (means, covariances, few-sample rows) are
 compared, and so is the drift fit that moves covariances. A non-finite
 feature on one worker is refused on both.
 """
@@ -11,13 +11,9 @@ feature on one worker is refused on both.
 import torch
 from gloo_harness import error_of, run_on_processes
 
-from neve.models.class_moments import local_class_moments, reduced_class_moments
-from neve.models.drift import (
-    drift_jacobian,
-    reduced_drift_jacobian,
-    reduced_sdc_shifts,
-    sdc_shifts,
-)
+from neve.models.class_moments import class_moments
+from neve.models.core.distributed import LOCAL, default_reduction
+from neve.models.drift import drift_jacobian, sdc_shifts
 from neve.models.gaussians import ClassGaussianStats
 
 D = 8
@@ -40,21 +36,20 @@ def stored(moments_of, covariance: str, rank: int | None = None, uneven: bool = 
     """Two experiences into a ClassGaussianStats (classes 0 and 5 recur: 7 rows for 5), then
     SDC shifts."""
     stats = ClassGaussianStats(covariance, 1e-4)
+    reduction = default_reduction() if rank is not None else LOCAL
     for group, seed in enumerate((0, 1)):
         x, y = data(seed)
         if group == 1:
             keep = y != 2
             x, y = x[keep], y[keep]
         part = parts(len(y), rank, uneven) if rank is not None else slice(None)
-        stats.update_moments(moments_of(x[part], y[part], covariance), group)
+        stats.update_moments(moments_of(x[part], y[part], covariance, reduction), group)
     before, _ = data(2)
     after = before * 1.1 + 0.3 + 0.2 * before.sin()
     part = parts(len(before), rank, uneven) if rank is not None else slice(None)
     means = torch.stack([stats.means[c] for c in stats.classes])
-    shift = (reduced_sdc_shifts if rank is not None else sdc_shifts)(
-        before[part], after[part], means)
-    jacobian = (reduced_drift_jacobian if rank is not None else drift_jacobian)(
-        before[part], after[part], 0.5)
+    shift = sdc_shifts(before[part], after[part], means, reduction=reduction)
+    jacobian = drift_jacobian(before[part], after[part], 0.5, reduction)
     return {"means": means, "jacobian": jacobian,
             "covs": torch.stack([stats.covariance_of(c) for c in stats.classes]),
             "counts": torch.tensor([stats.counts[c] for c in stats.classes]),
@@ -63,19 +58,19 @@ def stored(moments_of, covariance: str, rank: int | None = None, uneven: bool = 
 
 
 def on_process(rank: int, world: int) -> dict:
-    results = {f"{cov}/{uneven}": stored(reduced_class_moments, cov, rank, uneven)
+    results = {f"{cov}/{uneven}": stored(class_moments, cov, rank, uneven)
                for cov in ("full", "diagonal", "shared") for uneven in (False, True)}
     x, y = data(0)
     if rank == 1:
         x[3, 1] = float("nan")
-    results["refused"] = error_of(lambda: reduced_class_moments(x, y))
+    results["refused"] = error_of(lambda: class_moments(x, y, reduction=default_reduction()))
     return results
 
 
 def test_two_processes_store_one_process_gaussians(tmp_path):
     ranks = run_on_processes(on_process, tmp_path)
     for cov in ("full", "diagonal", "shared"):
-        single = stored(lambda x, y, c: local_class_moments(x, y, c), cov)
+        single = stored(class_moments, cov)
         if cov == "full":  # classes 2 and 5 have <= D rows: sampled from their rows
             assert single["low_rank"] == [2, 5]
         for uneven in (False, True):
@@ -91,12 +86,12 @@ def test_two_processes_store_one_process_gaussians(tmp_path):
 
 
 def test_moments_reduced_in_one_process_match_update():
-    """Without a process group, update_moments(reduced_class_moments(...)) is update(...)."""
+    """Without a process group, update_moments(class_moments(...)) is update(...)."""
     x, y = data(0)
     for cov in ("full", "diagonal", "shared"):
         a, b = ClassGaussianStats(cov), ClassGaussianStats(cov)
         a.update(x, y, group=0)
-        b.update_moments(reduced_class_moments(x, y, cov), group=0)
+        b.update_moments(class_moments(x, y, cov, default_reduction()), group=0)
         for c in a.classes:
             assert torch.equal(a.means[c], b.means[c])
             assert torch.equal(a.covariance_of(c), b.covariance_of(c))
@@ -108,7 +103,7 @@ def test_update_moments_refuses_bad_moments_and_keeps_state():
     x, y = data(0)
     stats.update(x, y, group=0)
     before = {c: m.clone() for c, m in stats.means.items()}
-    good = local_class_moments(x, y)
+    good = class_moments(x, y)
     n, mean, scatter, rows = good[0]
     bad_cases = [
         {0: (n, mean[:-1], scatter, rows)},           # wrong D

@@ -6,7 +6,7 @@ from avalanche.logging import TextLogger
 from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
 
 from neve.plugins import CurriculumEffectiveness, PhaseProgressLogger
-from neve.strategies.gradient_free import check_gradient_free
+from neve.strategies.closed_form import check_gradient_free
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,9 @@ from resume_harness import assert_resumes_exactly
 
 from neve.benchmarks import episode_benchmark, instance_test_episodes, run_episodes
 from neve.models import ConvNet, DotProductNCM, TunedNetwork, meta_train_protonet, pretrain_convnet
-from neve.models.convnet_training import dot_product_logits, protonet_episode_loss
+from neve.models.convnet_training import protonet_episode_loss
+from neve.models.prototypes import prototype_scores, seen_class_scores
 from neve.strategies import NearestPrototype, tune_network
-from neve.strategies.nearest_prototype import prototype_scores
 
 TINY = {"stages": 2, "filters": 4}
 
@@ -114,7 +114,7 @@ def test_prototype_scores_dot_matches_numpy():
     x = torch.randn(5, 3, generator=gen, dtype=torch.float64)
     sums = torch.randn(4, 3, generator=gen, dtype=torch.float64)
     counts = torch.tensor([2.0, 0.0, 1.0, 3.0], dtype=torch.float64)
-    got = prototype_scores(x, sums, counts, scoring="dot")
+    got = seen_class_scores(x, sums, counts, scoring="dot")
     means = sums.numpy() / np.maximum(counts.numpy(), 1)[:, None]
     want = x.numpy() @ means.T
     want[:, 1] = -np.inf
@@ -134,7 +134,7 @@ def test_protonet_episode_loss_is_cross_entropy_of_dot_products_to_class_means()
         want = -logp[np.arange(5), qy.numpy()].mean()
         got = protonet_episode_loss(encoder, sx, sy, qx, qy)
     assert float(got) == pytest.approx(float(want), rel=1e-5)
-    assert torch.equal(dot_product_logits(torch.eye(2), torch.ones(3, 2)), torch.ones(2, 3))
+    assert torch.equal(prototype_scores(torch.eye(2), torch.ones(3, 2), "dot"), torch.ones(2, 3))
 
 
 def _held_out_loss(net, data, classes, n=8, episodes=12):

@@ -7,7 +7,7 @@ import pytest
 PUBLIC = {
     "neve.models": [
         "AnalyticClassifier", "Backbone", "BufferLayer", "ImagePreprocess",
-        "PretrainedClassifier", "RecursiveLeastSquares", "dataset_fingerprint",
+        "PretrainedClassifier", "IncrementalRidge", "dataset_fingerprint",
         "extract_features", "pretrained_backbone",
     ],
     "neve.plugins": [

@@ -1,25 +1,21 @@
-"""Checks of :class:`neve.models.gaussians.ClassGaussianStats`'s inputs and stored state.
+"""Checks of what reaches :class:`neve.models.gaussians.ClassGaussianStats` from outside.
 
-Pure functions that raise a ValueError/TypeError naming the argument; they
-change nothing, so the statistics are only touched after every check passed.
+Its inputs (features and targets to store) and a stored state (from a file):
+pure functions that raise a ValueError/TypeError naming the argument or entry;
+they change nothing, so the statistics are only touched after every check passed.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .arguments import check_number
+from .core.checks import OneOf, Real
 
 COVARIANCE_KINDS = ("full", "diagonal", "shared")
 
 
-def check_covariance(covariance: object) -> None:
-    if not isinstance(covariance, str) or covariance not in COVARIANCE_KINDS:
-        raise ValueError(f"covariance must be one of {COVARIANCE_KINDS}, got {covariance!r}")
-
-
-def check_ridge(ridge: object) -> None:
-    check_number(ridge, "ridge", positive=True)
+COVARIANCE = OneOf(*COVARIANCE_KINDS)
+RIDGE = Real(gt=0.0)
 
 
 def check_update_inputs(
@@ -82,16 +78,11 @@ def checked_state(state: object) -> dict:
     required = ("covariance", "ridge", "means", "counts", "groups")
     if not isinstance(state, dict) or any(k not in state for k in required):
         raise ValueError(f"state must be a ClassGaussianStats.state_dict() with keys {required}")
-    check_covariance(state["covariance"])
-    check_ridge(state["ridge"])
-    kind, ridge = state["covariance"], float(state["ridge"])
+    kind = COVARIANCE.check(state["covariance"], "state['covariance']")
+    ridge = RIDGE.check(state["ridge"], "state['ridge']")
     means = _tensor_dict(state, "means")
     counts, groups = _int_dict(state, "counts", 1), _int_dict(state, "groups", 0)
     scatters = _tensor_dict(state, "scatters")
-    if kind != "shared" and "covs" in state and not scatters:  # earlier format
-        for c, cov in _tensor_dict(state, "covs").items():
-            eye = torch.eye(cov.shape[0], dtype=torch.float64) if cov.dim() == 2 else 1.0
-            scatters[c] = (cov - ridge * eye) * max(counts.get(c, 1) - 1, 0)
     low_rank = _tensor_dict(state, "low_rank")
     classes = set(means)
     for key, part in (("counts", counts), ("groups", groups), ("scatters", scatters)):

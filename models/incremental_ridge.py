@@ -1,15 +1,16 @@
-"""The ridge classifier of ACIL / G-ACIL, learned one batch at a time (state and checks).
+"""The ridge classifier of ACIL / G-ACIL, learned one batch at a time.
 
 Zhuang et al., "ACIL" (NeurIPS 2022) and "G-ACIL" (2024). The math is in
-:mod:`neve.models.ridge`; :class:`RecursiveLeastSquares` holds the statistics,
-refuses bad batches before changing anything, and offers :meth:`~RecursiveLeastSquares.atomic`,
-with which a caller learns several batches (an experience) whole or not at all.
+:mod:`neve.models.ridge`; :class:`IncrementalRidge` holds the statistics,
+refuses bad batches before changing anything, and offers
+:meth:`~IncrementalRidge.atomic`, with which a caller learns several batches (an
+experience) whole or not at all.
 
-Numerical range (issue #12):
+Numerical range:
 
 * ``method="accumulate"`` refuses a batch whose ``X^T X`` would overflow float64
   (``trace(A) + ||X||_F^2`` above ``1e300``; every entry of ``A`` is at most its
-  trace), and :meth:`~RecursiveLeastSquares.check_solvable` refuses an ``A + gamma I``
+  trace), and :meth:`~IncrementalRidge.check_solvable` refuses an ``A + gamma I``
   that is not numerically positive definite (too small a ``gamma`` for
   rank-deficient features). Inside that range the solution is exact to rounding.
 * ``method="woodbury"`` keeps ``R = (A + gamma I)^-1``, whose rounding error grows
@@ -27,15 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .arguments import check_int, check_number
-from .distributed import all_reduce_max, all_reduce_sum, is_distributed
-from .ridge import (
-    accumulate_statistics,
-    check_features,
-    check_labels,
-    solve_ridge,
-    woodbury_update,
-)
+from .core.checks import Int, OneOf, Real, check_features, check_labels, validated
+from .core.distributed import Reduction, default_reduction
+from .ridge import accumulate_statistics, solve_ridge, woodbury_update
 
 METHODS = ("accumulate", "woodbury")
 #: Largest ``trace(X^T X) / gamma`` the Woodbury form accepts: its relative error
@@ -63,7 +58,7 @@ def keep_float64(fn):
     return apply
 
 
-class RecursiveLeastSquares(nn.Module):
+class IncrementalRidge(nn.Module):
     """Ridge classifier on features, learned one batch at a time, equal to the joint solution.
 
     After ``partial_fit`` on batches ``(X_1, y_1), ..., (X_t, y_t)``, :attr:`weight`
@@ -76,8 +71,9 @@ class RecursiveLeastSquares(nn.Module):
         in_features: feature size ``b``.
         gamma: ridge strength, > 0.
         method: ``"accumulate"`` (default; sums ``A = X^T X``, ``C = X^T Y`` and
-            solves with a cached Cholesky factor when :attr:`weight` is read) or
-            ``"woodbury"`` (recursive update of ``R`` and ``W`` per batch; limited
+            solves with a cached Cholesky factor when :attr:`weight` is read; the
+            only form whose statistics sum over processes) or ``"woodbury"``
+            (recursive update of ``R`` and ``W`` per batch, ACIL eq. 10-11; limited
             to ``trace(A) / gamma <= WOODBURY_LIMIT``, see the module docstring).
         max_classes: largest number of outputs; a label ``>= max_classes`` is
             refused (a guard against labels that are not class indices).
@@ -87,28 +83,22 @@ class RecursiveLeastSquares(nn.Module):
     moves them but keeps float64.
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        gamma: float = 1.0,
-        method: str = "accumulate",
-        *,
-        max_classes: int = DEFAULT_MAX_CLASSES,
-    ) -> None:
+    checkpointed = ("in_features", "gamma", "method", "max_classes")
+
+    @validated(in_features=Int(1), gamma=Real(gt=0.0), method=OneOf(*METHODS),
+               max_classes=Int(1))
+    def __init__(self, in_features: int, gamma: float = 1.0, method: str = "accumulate", *,
+                 max_classes: int = DEFAULT_MAX_CLASSES) -> None:
         super().__init__()
-        self.in_features = check_int(in_features, "in_features", minimum=1)
-        self.gamma = check_number(gamma, "gamma", positive=True)
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        self.method = method
-        self.max_classes = check_int(max_classes, "max_classes", minimum=1)
-        b = self.in_features
+        self.in_features, self.gamma, self.method = in_features, gamma, method
+        self.max_classes = max_classes
+        b = in_features
         self.register_buffer("num_seen", torch.zeros((), dtype=torch.long))
         if method == "accumulate":
             self.register_buffer("gram", torch.zeros(b, b, dtype=torch.float64))
             self.register_buffer("cross", torch.zeros(b, 0, dtype=torch.float64))
         else:
-            self.register_buffer("inverse", torch.eye(b, dtype=torch.float64) / self.gamma)
+            self.register_buffer("inverse", torch.eye(b, dtype=torch.float64) / gamma)
             self.register_buffer("recursive_weight", torch.zeros(b, 0, dtype=torch.float64))
             self.register_buffer("gram_trace", torch.zeros((), dtype=torch.float64))
         self._solved: torch.Tensor | None = None  # cached W, not state
@@ -136,49 +126,34 @@ class RecursiveLeastSquares(nn.Module):
         """Raise a ValueError naming what in ``state_dict`` does not fit this module."""
         extra = state_dict.get(prefix + "_extra_state")
         if isinstance(extra, dict):
-            for key in ("method", "in_features"):
-                if extra.get(key) != getattr(self, key):
-                    raise ValueError(
-                        f"state_dict is for method={extra.get('method')!r}, in_features="
-                        f"{extra.get('in_features')}; this module has method={self.method!r}, "
-                        f"in_features={self.in_features}"
-                    )
-            check_number(extra.get("gamma"), "gamma (in the state_dict)", positive=True)
-        b = self.in_features
-        shapes = {"num_seen": (), "gram": (b, b), "inverse": (b, b), "gram_trace": ()}
+            if (extra.get("method"), extra.get("in_features")) != (self.method, self.in_features):
+                raise ValueError(
+                    f"state_dict is for method={extra.get('method')!r}, in_features="
+                    f"{extra.get('in_features')}; this module has method={self.method!r}, "
+                    f"in_features={self.in_features}")
+            Real(gt=0.0).check(extra.get("gamma"), "gamma (in the state_dict)")
+        b, columns = self.in_features, f"[{self.in_features}, C] with C <= max_classes"
         for name in self._buffers:
             value = state_dict.get(prefix + name)
             if value is None:
                 continue
             if not isinstance(value, torch.Tensor):
                 raise ValueError(f"state_dict[{prefix + name!r}] must be a tensor")
-            want = shapes.get(name)
             if name in ("cross", "recursive_weight"):
-                ok = value.dim() == 2 and value.shape[0] == b
-                ok = ok and value.shape[1] <= self.max_classes
-                want = f"[{b}, C] with C <= max_classes={self.max_classes}"
+                want, ok = f"{columns}={self.max_classes}", value.dim() == 2 and (
+                    value.shape[0] == b and value.shape[1] <= self.max_classes)
             else:
+                want = {"num_seen": (), "gram": (b, b), "inverse": (b, b), "gram_trace": ()}[name]
                 ok = tuple(value.shape) == want
             if not ok:
-                raise ValueError(
-                    f"state_dict[{prefix + name!r}] has shape {tuple(value.shape)}, expected "
-                    f"{want} (in_features={b})"
-                )
+                raise ValueError(f"state_dict[{prefix + name!r}] has shape {tuple(value.shape)}, "
+                                 f"expected {want} (in_features={b})")
             if value.is_floating_point() and not bool(torch.isfinite(value).all()):
                 raise ValueError(f"state_dict[{prefix + name!r}] contains NaN or inf")
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self._check_state(state_dict, prefix)  # before anything changes
-        key = prefix + "gram_trace"
-        if self.method == "woodbury" and key not in state_dict and prefix + "inverse" in state_dict:
-            # a state saved before the trace was tracked: trace(A) = trace(R^-1) - b gamma
-            extra = state_dict.get(prefix + "_extra_state") or {}
-            gamma = float(extra.get("gamma", self.gamma))
-            inverse = state_dict[prefix + "inverse"].to(torch.float64)
-            trace = torch.linalg.inv(inverse).diagonal().sum() - self.in_features * gamma
-            state_dict[key] = trace.clamp(min=0.0)
-        # the class count may differ from this module's: take the stored shapes
-        for name, buf in self._buffers.items():
+        for name, buf in self._buffers.items():  # the class count may differ: the file's shapes
             value = state_dict.get(prefix + name)
             if value is not None and value.shape != buf.shape:
                 self._buffers[name] = torch.empty_like(value, device=buf.device)
@@ -195,7 +170,7 @@ class RecursiveLeastSquares(nn.Module):
         return state
 
     @contextmanager
-    def atomic(self, check: bool = True) -> Iterator[RecursiveLeastSquares]:
+    def atomic(self, check: bool = True) -> Iterator[IncrementalRidge]:
         """Learn the batches of the ``with`` block whole or not at all.
 
         The state is copied on entry (one ``[b, b]`` float64 copy); when the block
@@ -208,8 +183,7 @@ class RecursiveLeastSquares(nn.Module):
             if check:
                 self.check_solvable()
         except BaseException:
-            for name, buf in saved.items():
-                self._buffers[name] = buf
+            self._buffers.update(saved)
             self._solved = None
             raise
 
@@ -229,30 +203,74 @@ class RecursiveLeastSquares(nn.Module):
         self.weight  # noqa: B018 - solves, or raises naming gamma
 
     # -- learning ----------------------------------------------------------------------
-    def _validate(self, x: torch.Tensor, y: torch.Tensor) -> str | None:
-        error = check_features(x, self.in_features)
-        if error is None:
-            error = check_labels(y, x.shape[0])
-        if error is None and y.numel() and int(y.max()) >= self.max_classes:
-            error = (
-                f"y (labels) must be < max_classes={self.max_classes}, got {int(y.max())}: "
-                "labels are class indices (raise max_classes for more classes)"
-            )
-        if error is None and x.numel():
-            added = float((x.to(torch.float64) ** 2).sum())
-            total = self.trace() + added
-            if self.method == "accumulate" and not total <= OVERFLOW_LIMIT:
-                error = (
-                    f"x (features) is too large: sum X^T X would overflow float64 "
-                    f"(trace {total:.3g} > {OVERFLOW_LIMIT:g}); rescale the features"
-                )
-            elif self.method == "woodbury" and not total / self.gamma <= WOODBURY_LIMIT:
-                error = (
-                    f"method='woodbury' is inexact at this scale: trace(X^T X) / gamma = "
-                    f"{total / self.gamma:.3g} > {WOODBURY_LIMIT:g}; use "
-                    "method='accumulate' (exact), rescale the features or raise gamma"
-                )
-        return error
+    def _batch_error(self, x: torch.Tensor, y: torch.Tensor) -> ValueError | TypeError | None:
+        """Why the batch is refused (the same checks on every process), or None."""
+        if not isinstance(y, torch.Tensor):
+            return TypeError(f"y (labels) must be a torch.Tensor, got {type(y).__name__}")
+        try:
+            check_features(x, "x", dim=self.in_features, dim_name="in_features")
+            check_labels(y, "y (labels)", n=x.shape[0], below=self.max_classes,
+                         cap="max_classes")
+        except (TypeError, ValueError) as error:
+            return error
+        total = self.trace() + (float((x.to(torch.float64) ** 2).sum()) if x.numel() else 0.0)
+        if self.method == "accumulate" and not total <= OVERFLOW_LIMIT:
+            return ValueError(f"x (features) is too large: sum X^T X would overflow float64 "
+                              f"(trace {total:.3g} > {OVERFLOW_LIMIT:g}); rescale the features")
+        if self.method == "woodbury" and not total / self.gamma <= WOODBURY_LIMIT:
+            return ValueError(
+                f"method='woodbury' is inexact at this scale: trace(X^T X) / gamma = "
+                f"{total / self.gamma:.3g} > {WOODBURY_LIMIT:g}; use method='accumulate' "
+                "(exact), rescale the features or raise gamma")
+        return None
+
+    @torch.no_grad()
+    def partial_fit(self, x: torch.Tensor, y: torch.Tensor,
+                    reduction: Reduction | None = None) -> IncrementalRidge:
+        """Learn one batch: features ``x`` ``[n, in_features]``, integer labels ``y`` ``[n]``.
+
+        ``reduction`` (default :func:`~neve.models.core.distributed.default_reduction`):
+        under several processes, each batch's ``X^T X``, ``X^T Y`` and count are summed
+        over the processes, the class count agreed (the largest label), and a batch
+        refused on any process is refused on every one; every process must then call
+        ``partial_fit`` as often (an empty batch is allowed).
+
+        Raises:
+            ValueError, TypeError: ``x`` of the wrong shape, not floating point, with
+                NaN/inf, or too large (see the module docstring); ``y`` not integer,
+                of the wrong length, with a label < 0 or >= ``max_classes``. The
+                state is unchanged.
+        """
+        reduction = default_reduction() if reduction is None else reduction
+        error = self._batch_error(x, y)
+        if reduction.active and self.method != "accumulate":
+            error = ValueError("method='woodbury' cannot be used under torch.distributed; use "
+                               "method='accumulate' (its statistics are summed across workers)")
+        largest = torch.tensor([int(y.max()) if error is None and y.numel() else -1])
+        reduction.agree(error, "another worker's partial_fit batch was invalid (see its error)")
+        dev = self.num_seen.device
+        x, y = x.to(device=dev, dtype=torch.float64), y.to(device=dev, dtype=torch.long)
+        (largest,) = reduction.max([largest])
+        self._grow(int(largest) + 1)
+        if self.method == "accumulate":
+            gram, cross = (torch.zeros_like(self.gram), torch.zeros_like(self.cross)) \
+                if reduction.active else (self.gram, self.cross)
+            accumulate_statistics(gram, cross, x, y)
+            count = torch.tensor(float(x.shape[0]), dtype=torch.float64, device=dev)
+            if reduction.active:
+                reduction.sum([gram, cross, count])
+                self.gram += gram
+                self.cross += cross
+            self.num_seen += int(count.round())
+        else:
+            if x.shape[0]:
+                y_hot = F.one_hot(y, self.num_classes).to(torch.float64)
+                self.inverse, self.recursive_weight = woodbury_update(
+                    self.inverse, self.recursive_weight, x, y_hot)
+                self.gram_trace += (x * x).sum()
+            self.num_seen += x.shape[0]
+        self._solved = None
+        return self
 
     def _grow(self, num_classes: int) -> None:
         name = "cross" if self.method == "accumulate" else "recursive_weight"
@@ -260,73 +278,6 @@ class RecursiveLeastSquares(nn.Module):
         if num_classes > buf.shape[1]:
             pad = buf.new_zeros(buf.shape[0], num_classes - buf.shape[1])
             self._buffers[name] = torch.cat([buf, pad], dim=1)
-
-    def _agree_on_batch(self, error: str | None, y: torch.Tensor) -> int:
-        """Largest label of the batch (-1 if empty), agreed across workers; raises if invalid.
-
-        Under ``torch.distributed`` every worker learns the largest label of all
-        batches and raises when any worker's batch is invalid, before any state
-        changes (one all-reduce max of ``[max label, invalid]``).
-        """
-        max_label = int(y.max()) if error is None and y.numel() else -1
-        if not is_distributed():
-            if error is not None:
-                raise ValueError(error)
-            return max_label
-        if self.method != "accumulate":
-            raise ValueError(
-                "method='woodbury' cannot be used under torch.distributed; "
-                "use method='accumulate' (its statistics are summed across workers)"
-            )
-        (flags,) = all_reduce_max([torch.tensor([max_label, int(error is not None)])])
-        if error is not None:
-            raise ValueError(error)
-        if bool(flags[1]):
-            raise ValueError("another worker's partial_fit batch was invalid (see its error)")
-        return int(flags[0])
-
-    def _accumulate_everywhere(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Add the sum over all workers' batches of ``X^T X``, ``X^T Y`` and the count."""
-        gram = torch.zeros_like(self.gram)
-        cross = torch.zeros_like(self.cross)
-        accumulate_statistics(gram, cross, x, y)
-        count = torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device)
-        all_reduce_sum([gram, cross, count])
-        self.gram += gram
-        self.cross += cross
-        self.num_seen += int(count.round())
-
-    @torch.no_grad()
-    def partial_fit(self, x: torch.Tensor, y: torch.Tensor) -> RecursiveLeastSquares:
-        """Learn one batch: features ``x`` ``[n, in_features]``, integer labels ``y`` ``[n]``.
-
-        Raises:
-            ValueError: ``x`` of the wrong shape, not floating point, with NaN/inf,
-                or too large (see the module docstring); ``y`` not integer, of the
-                wrong length, with a label < 0 or >= ``max_classes``. The state is
-                unchanged. Under ``torch.distributed`` every worker raises when any
-                worker's batch is invalid.
-        """
-        max_label = self._agree_on_batch(self._validate(x, y), y)
-        dev = self.num_seen.device
-        x = x.to(device=dev, dtype=torch.float64)
-        y = y.to(device=dev, dtype=torch.long)
-        self._grow(max_label + 1)
-        if self.method == "accumulate" and is_distributed():
-            self._accumulate_everywhere(x, y)
-        elif self.method == "accumulate":
-            accumulate_statistics(self.gram, self.cross, x, y)
-            self.num_seen += x.shape[0]
-        else:
-            if x.shape[0]:
-                y_hot = F.one_hot(y, self.num_classes).to(torch.float64)
-                self.inverse, self.recursive_weight = woodbury_update(
-                    self.inverse, self.recursive_weight, x, y_hot
-                )
-                self.gram_trace += (x * x).sum()
-            self.num_seen += x.shape[0]
-        self._solved = None
-        return self
 
     # -- prediction --------------------------------------------------------------------
     @property
@@ -347,27 +298,21 @@ class RecursiveLeastSquares(nn.Module):
             except torch.linalg.LinAlgError as err:
                 raise ValueError(
                     f"X^T X + gamma I is not numerically positive definite ({why}): the "
-                    "features are rank-deficient at this gamma; raise gamma"
-                ) from err
+                    "features are rank-deficient at this gamma; raise gamma") from err
             pivots = chol.diagonal()
             condition = float(self.gram.diagonal().max() + self.gamma) / float(pivots.min()) ** 2
             if not condition <= CONDITION_LIMIT:
                 raise ValueError(
                     f"X^T X + gamma I is too ill-conditioned (condition >= {condition:.3g} > "
-                    f"{CONDITION_LIMIT:g}; {why}): rounding would dominate W; raise gamma"
-                )
+                    f"{CONDITION_LIMIT:g}; {why}): rounding would dominate W; raise gamma")
             self._solved = solved
         return self._solved
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``x W`` ``[n, num_classes]`` (float64) over the classes seen so far."""
-        error = check_features(x, self.in_features)
-        if error is not None:
-            raise ValueError(error)
+        check_features(x, "x", dim=self.in_features, dim_name="in_features")
         return x.to(device=self.num_seen.device, dtype=torch.float64) @ self.weight
 
     def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, gamma={self.gamma}, method={self.method!r}, "
-            f"num_classes={self.num_classes}"
-        )
+        return (f"in_features={self.in_features}, gamma={self.gamma}, method={self.method!r}, "
+                f"num_classes={self.num_classes}")

@@ -8,7 +8,9 @@ strings, ``None``, ``torch.dtype`` and lists, tuples and dicts of those) and
 weights_only=True)``, which builds no object but those, so reading a file never
 runs code from it; the hash is checked before the payload is read, so a damaged
 file is refused whole. Any failure to read gives one :class:`CheckpointError`
-that names the file.
+that names the file. Writing goes through a temporary file of its own in the
+same folder and an atomic rename, so a failed or killed save leaves the
+previous checkpoint whole, and two writers never collide.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import hashlib
 import io
 import os
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..models.atomic_file import write_atomically
 
 FORMAT = "neve.checkpoint"
 VERSION = 1
@@ -65,11 +68,12 @@ def plain_data(obj: object, where: str) -> object:
     raise ValueError(f"{where} (a {type(obj).__module__}.{type(obj).__qualname__})")
 
 
-def write_state_file(path: str | os.PathLike, payload: dict) -> None:
+def write_checkpoint_file(path: str | os.PathLike, payload: dict) -> None:
     """Write ``payload`` (plain data, see :func:`plain_data`) to ``path`` with its SHA-256.
 
-    The file is written next to ``path`` and then renamed over it, so an
-    interrupted save leaves the previous checkpoint whole.
+    Raises:
+        OSError: naming ``path`` and the cause (no space left, no permission); the
+            file at ``path``, if any, is left as it was.
     """
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -80,13 +84,12 @@ def write_state_file(path: str | os.PathLike, payload: dict) -> None:
         "sha256": hashlib.sha256(blob).hexdigest(),
         "payload": torch.frombuffer(bytearray(blob), dtype=torch.uint8),
     }
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(outer, partial)
-    os.replace(partial, path)
+    whole = io.BytesIO()
+    torch.save(outer, whole)  # in memory first: a full disk then fails in a plain write
+    write_atomically(path, lambda file: file.write(whole.getbuffer()))
 
 
-def damaged(path: str | os.PathLike, reason: str) -> CheckpointError:
+def damaged_file_error(path: str | os.PathLike, reason: str) -> CheckpointError:
     """The one error for a file that cannot be read as a neve checkpoint."""
     return CheckpointError(
         f"checkpoint {os.fspath(path)} is damaged or is not a neve checkpoint ({reason}); "
@@ -96,10 +99,10 @@ def damaged(path: str | os.PathLike, reason: str) -> CheckpointError:
     )
 
 
-def read_state_file(
+def read_checkpoint_file(
     path: str | os.PathLike, map_location: str | torch.device | None = None
 ) -> dict:
-    """The payload written by :func:`write_state_file`, its SHA-256 checked.
+    """The payload written by :func:`write_checkpoint_file`, its SHA-256 checked.
 
     Raises:
         CheckpointError: the file is damaged (truncated, a byte changed, empty),
@@ -108,21 +111,48 @@ def read_state_file(
     try:
         outer = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 -- every reader failure means the same
-        raise damaged(path, f"{type(error).__name__} while reading it") from error
+        raise damaged_file_error(path, f"{type(error).__name__} while reading it") from error
     if not (isinstance(outer, dict) and outer.get("format") == FORMAT):
-        raise damaged(path, "no neve checkpoint header")
+        raise damaged_file_error(path, "no neve checkpoint header")
     if outer.get("version") != VERSION:
-        raise damaged(path, f"format version {outer.get('version')!r}, expected {VERSION}")
+        raise damaged_file_error(path, f"format version {outer.get('version')!r}, expected "
+                                 f"{VERSION}")
     blob, digest = outer.get("payload"), outer.get("sha256")
     if not (isinstance(blob, torch.Tensor) and blob.dtype == torch.uint8 and blob.dim() == 1):
-        raise damaged(path, "no payload")
+        raise damaged_file_error(path, "no payload")
     data = blob.numpy().tobytes()
     if hashlib.sha256(data).hexdigest() != digest:
-        raise damaged(path, "its SHA-256 does not match its contents")
+        raise damaged_file_error(path, "its SHA-256 does not match its contents")
     try:
         payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001
-        raise damaged(path, f"{type(error).__name__} while reading its payload") from error
+        raise damaged_file_error(path, f"{type(error).__name__} while reading its payload") \
+            from error
     if not isinstance(payload, dict):
-        raise damaged(path, "its payload is not a dict")
+        raise damaged_file_error(path, "its payload is not a dict")
     return payload
+
+
+_FIELDS = {"strategy_class": str, "next_experience": int, "settings": dict, "strategy": dict,
+           "model": dict, "optimizer": (dict, type(None)), "plugins": list,
+           "optimized_param_names": (list, type(None)), "metric_classes": list, "rng": dict}
+
+
+def check_fields(payload: dict) -> None:
+    """Refuse (KeyError/TypeError) a payload whose fields are not what a save writes.
+
+    ``next_experience`` must be the count of trained experiences of the file's own clock.
+    """
+    for key, kind in {**_FIELDS, **{f"model.{k}": dict for k in ("state", "training",
+                                                                "requires_grad")}}.items():
+        value = payload["model"][key[6:]] if key.startswith("model.") else payload[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise TypeError(f"field {key!r} is a {type(value).__name__}")
+    if any(not isinstance(p, dict) or {"class", "kind", "state"} - p.keys()
+           for p in payload["plugins"]):
+        raise TypeError("field 'plugins' holds an entry that is not a plugin's")
+    counts = [p["state"].get("train_exp_counter") for p in payload["plugins"]
+              if p["kind"] == "adapter" and str(p["class"]).endswith(".Clock")]
+    if counts != [payload["next_experience"]]:
+        raise TypeError(f"field 'next_experience' is {payload['next_experience']!r}, but the "
+                        f"file's clock counts {counts} trained experiences")

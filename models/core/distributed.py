@@ -1,9 +1,12 @@
-"""Small helpers over ``torch.distributed`` for neve's statistics (issue #14).
+"""Several processes: the one module of neve that calls ``torch.distributed`` collectives.
 
-Every helper is a no-op (or the identity) when no process group with more than
-one process is up, so the single-process path is unchanged. Collectives go
-through the process group's backend: tensors travel on CPU under gloo and on the
-current CUDA device under NCCL, and come back to the caller's device.
+Statistics code never calls a collective itself. It takes a :class:`Reduction`,
+which turns what one process computed on its part of the data into what one
+process would have computed on all of it: :data:`LOCAL` (the identity) in one
+process, :class:`ProcessGroupReduction` (all-reduce, all-gather, broadcast)
+under ``torch.distributed``. :func:`default_reduction` picks one. Collectives
+go through the process group's backend: tensors travel on CPU under gloo and on
+the current CUDA device under NCCL, and come back to the caller's device.
 
 Exactness: :func:`shard` splits a dataset into contiguous, disjoint parts (rank
 ``r`` gets items ``[r N / W, (r + 1) N / W)``), so the parts concatenated in rank
@@ -37,6 +40,105 @@ def rank_and_world() -> tuple[int, int]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
+class Reduction:
+    """How per-process statistics become the statistics of all the data: here, unchanged.
+
+    The methods take and return tensors; every process must call them in the same
+    order with tensors of the same shapes and dtypes (rows may differ in number).
+    """
+
+    #: True when the statistics of several processes are combined.
+    active = False
+
+    def sum(self, tensors: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+        """Each tensor summed over the processes, in place; returns ``tensors``."""
+        return tensors
+
+    def max(self, tensors: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+        """Each tensor's elementwise maximum over the processes, in place; returns ``tensors``."""
+        return tensors
+
+    def rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every process's ``[n_r, ...]`` rows concatenated in rank order (same device)."""
+        return tensor
+
+    def from_first(self, tensors: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+        """Each tensor overwritten with the first process's, in place; returns ``tensors``."""
+        return tensors
+
+    def agree(self, error: BaseException | None, elsewhere: str) -> None:
+        """Raise on every process when any process has an ``error``.
+
+        The process that has it raises it; the others raise ``ValueError(elsewhere)``,
+        so no process goes on to a collective that the failed one never reaches.
+        """
+        if error is not None:
+            raise error
+
+
+def _comm_device() -> torch.device:
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+class ProcessGroupReduction(Reduction):
+    """:class:`Reduction` over the processes of the ``torch.distributed`` process group."""
+
+    active = True
+
+    def _all_reduce(self, tensors: Sequence[torch.Tensor], op) -> Sequence[torch.Tensor]:
+        device = _comm_device()
+        for t in tensors:
+            moved = t.detach().to(device).contiguous()  # NCCL refuses strided tensors
+            torch.distributed.all_reduce(moved, op=op)
+            t.copy_(moved)
+        return tensors
+
+    def sum(self, tensors):
+        return self._all_reduce(tensors, torch.distributed.ReduceOp.SUM)
+
+    def max(self, tensors):
+        return self._all_reduce(tensors, torch.distributed.ReduceOp.MAX)
+
+    def rows(self, tensor):
+        device, world = _comm_device(), torch.distributed.get_world_size()
+        size = torch.tensor([tensor.shape[0]], dtype=torch.long, device=device)
+        sizes = [torch.zeros_like(size) for _ in range(world)]
+        torch.distributed.all_gather(sizes, size)
+        counts = [int(s) for s in sizes]
+        padded = tensor.new_zeros((max(counts), *tensor.shape[1:]), device=device)
+        padded[: tensor.shape[0]] = tensor.to(device)
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        torch.distributed.all_gather(parts, padded)
+        return torch.cat([p[:n] for p, n in zip(parts, counts, strict=True)]).to(tensor.device)
+
+    def from_first(self, tensors):
+        device = _comm_device()
+        with torch.no_grad():
+            for t in tensors:
+                moved = t.detach().to(device).contiguous()
+                torch.distributed.broadcast(moved, src=0)
+                t.copy_(moved)
+        return tensors
+
+    def agree(self, error, elsewhere):
+        (failed,) = self.sum([torch.tensor([0.0 if error is None else 1.0])])
+        if error is not None:
+            raise error
+        if float(failed) > 0:
+            raise ValueError(elsewhere)
+
+
+#: The identity reduction of one process.
+LOCAL = Reduction()
+
+
+def default_reduction() -> Reduction:
+    """:class:`ProcessGroupReduction` when several processes are up, else :data:`LOCAL`."""
+    return ProcessGroupReduction() if is_distributed() else LOCAL
+
+
 def process_device(local_rank: int, cuda_devices: int) -> torch.device:
     """The device of the process with ``local_rank`` on a node with ``cuda_devices`` GPUs.
 
@@ -65,91 +167,6 @@ def process_device(local_rank: int, cuda_devices: int) -> torch.device:
             f"at most {cuda_devices} process(es) per node (--nproc_per_node), one per GPU"
         )
     return torch.device("cuda", local_rank)
-
-
-def _comm_device() -> torch.device:
-    if torch.distributed.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
-    """Sum each tensor over all processes, in place (every process gets the sum).
-
-    Every process must call it with tensors of the same shapes and dtypes, in the
-    same order. Returns ``tensors``.
-    """
-    return _all_reduce(tensors, "SUM")
-
-
-def all_reduce_max(tensors: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
-    """Elementwise maximum of each tensor over all processes, in place; returns ``tensors``."""
-    return _all_reduce(tensors, "MAX")
-
-
-def _all_reduce(tensors: Sequence[torch.Tensor], op: str) -> Sequence[torch.Tensor]:
-    if not is_distributed():
-        return tensors
-    device = _comm_device()
-    for t in tensors:
-        moved = t.detach().to(device).contiguous()  # NCCL refuses strided tensors
-        torch.distributed.all_reduce(moved, op=getattr(torch.distributed.ReduceOp, op))
-        t.copy_(moved)
-    return tensors
-
-
-def raise_everywhere(error: Exception | None, elsewhere: str) -> None:
-    """Raise on every process when any process has an ``error`` (one all-reduce).
-
-    The process that has ``error`` raises it; the others raise
-    ``ValueError(elsewhere)``, so no process goes on to a collective that the
-    failed one never reaches. Without a process group: raises ``error`` if any.
-    """
-    if not is_distributed():
-        if error is not None:
-            raise error
-        return
-    (failed,) = all_reduce_sum([torch.tensor([0.0 if error is None else 1.0])])
-    if error is not None:
-        raise error
-    if float(failed) > 0:
-        raise ValueError(elsewhere)
-
-
-def broadcast_from_rank0(tensors: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
-    """Overwrite each tensor with rank 0's, in place; returns ``tensors``."""
-    if not is_distributed():
-        return tensors
-    device = _comm_device()
-    with torch.no_grad():
-        for t in tensors:
-            moved = t.detach().to(device).contiguous()
-            torch.distributed.broadcast(moved, src=0)
-            t.copy_(moved)
-    return tensors
-
-
-def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate each process's ``[n_r, ...]`` tensor along dim 0, in rank order.
-
-    The row counts may differ between processes; the other dimensions and the
-    dtype must agree. The result is on ``tensor``'s device.
-    """
-    if not is_distributed():
-        return tensor
-    device = _comm_device()
-    world = torch.distributed.get_world_size()
-    size = torch.tensor([tensor.shape[0]], dtype=torch.long, device=device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    torch.distributed.all_gather(sizes, size)
-    counts = [int(s) for s in sizes]
-    longest = max(counts)
-    padded = tensor.new_zeros((longest, *tensor.shape[1:]), device=device)
-    padded[: tensor.shape[0]] = tensor.to(device)
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    torch.distributed.all_gather(parts, padded)
-    rows = torch.cat([p[:n] for p, n in zip(parts, counts, strict=True)])
-    return rows.to(tensor.device)
 
 
 def shard_range(n: int) -> range:
