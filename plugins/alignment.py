@@ -35,7 +35,8 @@ from ..models.head_alignment import (
     alignment_batch_size,
     restore_leading_slices,
 )
-from .experience_data import check_finite_inputs, training_datasets
+from ..models.incremental_ridge import DEFAULT_MAX_CLASSES
+from .experience_data import check_experience_data, training_datasets
 
 #: The plugin's options and their constraints (covariance and ridge live in the statistics).
 OPTIONS = {
@@ -44,7 +45,7 @@ OPTIONS = {
     "head": Text("an attribute name of the model"), "seed": Seed(),
     "stats_batch_size": Int(1, optional=True), "min_steps": Int(1), "check_data": Bool(),
     "drift_compensation": Bool(), "drift_sigma": Real(gt=0.0), "drift_covariance": Bool(),
-    "drift_ridge": Real(gt=0.0), "shrink_means": Bool(),
+    "drift_ridge": Real(gt=0.0), "shrink_means": Bool(), "max_classes": Int(1),
 }
 
 
@@ -90,10 +91,14 @@ class ClassifierAlignmentPlugin(SupervisedPlugin, supports_distributed=True):
     from rank 0.
 
     Single-head class-incremental models only: a ``MultiTaskModule`` head is
-    refused with a ValueError when training starts. Before each experience
-    (``check_data``) its inputs are checked for NaN and inf in one pass over the
-    data without the model, so bad data is refused before the weights change;
-    an empty experience is refused always.
+    refused with a ValueError when training starts. Before each experience, before
+    the head can grow or a weight moves, its labels are checked (neve's one rule:
+    integers >= 0 below ``max_classes``, the ones its items give), and with
+    ``check_data`` one pass over the data (eval mode, no gradients, the global
+    random state untouched) checks that the inputs are finite and of the model's
+    dtype and that the features to be stored are finite
+    (:func:`~neve.plugins.experience_data.check_experience_data`); an empty
+    experience is refused always.
 
     Args:
         samples_per_class: features drawn per class per epoch (paper 256), >= 1.
@@ -114,7 +119,8 @@ class ClassifierAlignmentPlugin(SupervisedPlugin, supports_distributed=True):
         seed: seeds the sampling; experience k uses ``seed + k``, so runs repeat
             and resume exactly.
         stats_batch_size: mini-batch of the feature pass (default ``eval_mb_size``).
-        check_data: check each experience's inputs for NaN/inf before training.
+        check_data: the pass over each experience's data before training (see above).
+        max_classes: the largest class count (labels ``>= max_classes`` are refused).
         drift_compensation: beyond the paper, semantic drift compensation (Yu et
             al., CVPR 2020): the experience's features before and after training
             move the stored means of earlier classes
@@ -148,7 +154,8 @@ class ClassifierAlignmentPlugin(SupervisedPlugin, supports_distributed=True):
                  stats_batch_size: int | None = None, min_steps: int = 32,
                  check_data: bool = True, drift_compensation: bool = False,
                  drift_sigma: float = 0.3, drift_covariance: bool = False,
-                 drift_ridge: float = 1.0, shrink_means: bool = False) -> None:
+                 drift_ridge: float = 1.0, shrink_means: bool = False,
+                 max_classes: int = DEFAULT_MAX_CLASSES) -> None:
         super().__init__()
         options = {k: v for k, v in locals().items() if k in OPTIONS}
         _check_drift_options(options)
@@ -177,10 +184,15 @@ class ClassifierAlignmentPlugin(SupervisedPlugin, supports_distributed=True):
         check_single_head(model_part(strategy.model, self.head, "head"), self.head)
 
     def before_train_dataset_adaptation(self, strategy, **kwargs) -> None:
-        """Check the data (``check_data``); restore the unaligned head before the head can grow."""
+        """Check the data (see the class docstring); restore the unaligned head before the
+        head can grow."""
+        extractor = model_part(strategy.model, self.features, "feature extractor")
+        dtype = next((p.dtype for p in extractor.parameters() if p.is_floating_point()), None)
         for dataset in training_datasets(strategy):
-            check_finite_inputs(dataset, self._batch_size(strategy), self.check_data,
-                                "ClassifierAlignmentPlugin(check_data=False)")
+            check_experience_data(dataset, self._batch_size(strategy),
+                                  max_classes=self.max_classes, values=self.check_data,
+                                  features=extractor, dtype=dtype, device=strategy.device,
+                                  skip="ClassifierAlignmentPlugin(check_data=False)")
         if self.unaligned_head is not None:
             restore_leading_slices(model_part(strategy.model, self.head, "head"),
                                    self.unaligned_head)

@@ -1,21 +1,21 @@
 """Checkpoint and resume for Avalanche strategies: a safe default, and the whole-strategy pickle.
 
 ``save_checkpoint(strategy, path)`` writes every component's state as tensors and
-plain data (:mod:`~neve.plugins.checkpoint_state`), with what the file must match,
+plain data (:mod:`~neve.plugins.checkpoint_state`) with what the file must match,
 in a file that loads with ``torch.load(weights_only=True)`` and carries a SHA-256
 of its contents (:mod:`~neve.plugins.checkpoint_file`). ``maybe_load_checkpoint``
 restores it into a strategy built the same way, after checking the file's
-integrity and fields, the classes, shapes and *settings* (what each component
-declares in a class attribute ``checkpointed``: attribute names; a strategy
-without one: :data:`STRATEGY_SETTINGS`; and the optimizer's ``defaults``); any
+integrity and fields, the classes, shapes and *settings*: what each component
+declares in a class attribute ``checkpointed`` (attribute names; a strategy
+without one: :data:`STRATEGY_SETTINGS`), and the optimizer's ``defaults``. Any
 problem is one :class:`CheckpointError` and the strategy is left as it was.
 
 ``format="pickle"`` (both functions) is Avalanche 0.6.0's whole-strategy dill
 pickle: it stores anything, but **loading such a file runs code from it**. Under
 torch >= 2.x it fails (``PicklingError``): ``torch/optim/__init__.py`` deletes
-its submodule attributes, so dill pickles the optimizer *class* by value, down
-to objects that cannot be pickled. :func:`restore_submodule_attributes` puts
-every imported ``torch`` submodule back as an attribute of its parent package
+its submodule attributes, so dill pickles the optimizer *class* by value, down to
+objects that cannot be pickled. :func:`restore_submodule_attributes` puts every
+imported ``torch`` submodule back as an attribute of its parent package
 (importing :mod:`neve.plugins` applies it, and so does the ``"pickle"`` format).
 """
 
@@ -32,22 +32,9 @@ from avalanche.checkpointing import save_checkpoint as avalanche_save
 from torch import nn
 
 from ..models.core.distributed import default_reduction, is_distributed, rank_and_world
-from .checkpoint_file import (
-    SCALARS,
-    CheckpointError,
-    check_fields,
-    damaged_file_error,
-    read_checkpoint_file,
-    write_checkpoint_file,
-)
-from .checkpoint_state import (
-    adapter_of,
-    class_name,
-    in_dynamic_module,
-    is_lazy,
-    load_strategy_state,
-    strategy_state,
-)
+from . import checkpoint_file as files
+from . import checkpoint_state as states
+from .checkpoint_file import CheckpointError
 
 #: Settings of a strategy that declares none.
 STRATEGY_SETTINGS = ("train_mb_size", "train_epochs", "eval_mb_size")
@@ -58,11 +45,10 @@ def restore_submodule_attributes(packages: tuple[str, ...] = ("torch",)) -> list
     """Make each imported submodule of ``packages`` an attribute of its parent; returns them."""
     restored = []
     for name, module in list(sys.modules.items()):
-        if module is None or "." not in name or not name.startswith(packages):
-            continue
-        parent_name, _, child = name.rpartition(".")
-        parent = sys.modules.get(parent_name)
-        if parent is not None and not hasattr(parent, child):
+        parent = sys.modules.get(name.rpartition(".")[0])
+        child = name.rpartition(".")[2]
+        if module is not None and name.startswith(packages) and "." in name \
+                and parent is not None and not hasattr(parent, child):
             setattr(parent, child, module)
             restored.append(name)
     return restored
@@ -71,14 +57,10 @@ def restore_submodule_attributes(packages: tuple[str, ...] = ("torch",)) -> list
 def save_checkpoint(strategy, path: str | os.PathLike, *, format: str = "state") -> None:
     """Save ``strategy`` to ``path``; call it between experiences, never inside ``train``/``eval``.
 
-    Args:
-        format: ``"state"`` (default): neve's format of tensors and plain data
-            with a SHA-256 (see the module docstring). ``"pickle"``: Avalanche's
-            dill pickle of the whole strategy; loading it runs code from the file.
-
+    ``format``: ``"state"`` (neve's, see the module docstring) or ``"pickle"``.
     Under ``torch.distributed`` every process calls it with the same ``path``; rank 0
-    alone writes (every process resumes from rank 0's state) and every process
-    returns once the file is written, or raises when rank 0 could not write it.
+    alone writes (every process resumes from its state), and every process returns
+    once the file is written, or raises when rank 0 could not write it.
 
     Raises:
         ValueError: a component holds state that the format cannot store (named).
@@ -87,15 +69,15 @@ def save_checkpoint(strategy, path: str | os.PathLike, *, format: str = "state")
     """
     if format not in ("state", "pickle"):
         raise ValueError(f"format must be 'state' or 'pickle', got {format!r}")
-    rank, _ = rank_and_world()
     error = None
-    if rank == 0:
+    if rank_and_world()[0] == 0:
         try:
             if format == "pickle":
                 restore_submodule_attributes()
                 avalanche_save(strategy, path)
             else:
-                write_checkpoint_file(path, strategy_state(strategy, strategy_settings(strategy)))
+                files.write_checkpoint_file(path, states.strategy_state(
+                    strategy, strategy_settings(strategy)))
         except Exception as err:  # noqa: BLE001 - raised again below, on every process
             error = err
     default_reduction().agree(error, f"rank 0 could not write the checkpoint {os.fspath(path)}"
@@ -111,39 +93,27 @@ def process_map_location() -> dict[str, str] | None:
     return {f"cuda:{i}": here for i in range(torch.cuda.device_count())}
 
 
-def maybe_load_checkpoint(
-    strategy: T,
-    path: str | os.PathLike,
-    map_location: str | torch.device | None = None,
-    *,
-    format: str = "state",
-    override: bool = False,
-) -> tuple[T, int]:
-    """Restore ``strategy`` from ``path`` if it exists.
-
-    ``strategy`` must be built as the saved one was (same classes, plugins,
-    metrics and settings); the file's state then replaces its state.
+def maybe_load_checkpoint(strategy: T, path: str | os.PathLike,
+                          map_location: str | torch.device | None = None, *,
+                          format: str = "state", override: bool = False) -> tuple[T, int]:
+    """Restore ``strategy`` (built as the saved one was) from ``path`` if it exists.
 
     Args:
-        map_location: where the file's tensors go, as for ``torch.load``. Default
-            None: where they were saved; under ``torch.distributed`` with CUDA, every
-            saved CUDA tensor goes to this process's current GPU
-            (:func:`process_map_location`; rank 0 wrote the file from its own GPU).
-        format: ``"state"`` (default) or ``"pickle"`` (Avalanche's dill pickle:
-            runs code from the file, for files you trust only), as saved.
-        override: take the file's settings where they differ from ``strategy``'s
-            (e.g. ``gamma``, ``train_mb_size``, the optimizer's ``lr``) instead of
-            refusing. Shapes and classes must match all the same.
+        map_location: where the file's tensors go, as for ``torch.load`` (default
+            :func:`process_map_location`).
+        format: ``"state"`` (default) or ``"pickle"`` (runs code from the file: for
+            files you trust only), as saved.
+        override: take the file's settings where they differ (e.g. ``gamma``,
+            ``train_mb_size``, the optimizer's ``lr``) instead of refusing; classes
+            and shapes must match all the same.
 
     Returns:
-        ``(strategy, next_experience)``: the index of the first training
-        experience not yet seen (0 when there is no checkpoint).
+        ``(strategy, next_experience)``: the first training experience not yet seen
+        (0 when there is no file).
 
     Raises:
-        CheckpointError: the file is damaged or not a neve checkpoint, or it is
-            for another strategy class, other plugins, other shapes or (without
-            ``override``) other settings, or restoring failed. ``strategy`` is
-            then as it was.
+        CheckpointError: the file is damaged, not a neve checkpoint, or does not fit
+            (classes, shapes, settings), or restoring failed; ``strategy`` is as it was.
     """
     if format == "pickle":
         restore_submodule_attributes()
@@ -152,17 +122,15 @@ def maybe_load_checkpoint(
         raise ValueError(f"format must be 'state' or 'pickle', got {format!r}")
     if not os.path.exists(path):
         return strategy, 0
-    if map_location is None:
-        map_location = process_map_location()
-    state = read_checkpoint_file(path, map_location)
+    state = files.read_checkpoint_file(path, map_location or process_map_location())
     try:
-        check_fields(state)
+        files.check_fields(state)
         _check_fit(strategy, state, path, override=override)
-        backup = copy.deepcopy(strategy_state(strategy, strategy_settings(strategy)))
+        backup = copy.deepcopy(states.strategy_state(strategy, strategy_settings(strategy)))
     except (KeyError, TypeError, AttributeError) as error:
-        raise damaged_file_error(path, f"unexpected contents: {type(error).__name__} {error}") \
-            from None
-    except ValueError as error:  # (not a CheckpointError) state the format cannot store
+        raise files.damaged_file_error(path, f"unexpected contents: {type(error).__name__} "
+                                       f"{error}") from None
+    except ValueError as error:  # state of this strategy that the format cannot store
         if isinstance(error, CheckpointError):
             raise
         raise CheckpointError(f"cannot load {os.fspath(path)} into this strategy: {error}") \
@@ -170,13 +138,13 @@ def maybe_load_checkpoint(
     try:
         if override:
             take_settings(strategy, state["settings"])
-        load_strategy_state(strategy, state)
+        states.load_strategy_state(strategy, state)
     except Exception as error:
         why = f"checkpoint {os.fspath(path)} could not be restored ({type(error).__name__}: " \
               f"{error})"
         try:
             take_settings(strategy, backup["settings"])
-            load_strategy_state(strategy, backup)
+            states.load_strategy_state(strategy, backup)
         except Exception as second:  # noqa: BLE001
             raise CheckpointError(f"{why}, nor the strategy's own state put back ({second}): "
                                   "rebuild it") from error
@@ -184,6 +152,7 @@ def maybe_load_checkpoint(
     return strategy, state["next_experience"]
 
 
+# ------------------------------------------------------------- what a file must match
 def _check_fit(strategy, state: dict, path: str | os.PathLike, *, override: bool) -> None:
     """Raise one CheckpointError listing what in ``state`` does not fit ``strategy``."""
     where = f"checkpoint {os.fspath(path)} does not fit this strategy: "
@@ -198,12 +167,10 @@ def _check_fit(strategy, state: dict, path: str | os.PathLike, *, override: bool
         raise CheckpointError(where + "; ".join(problems + settings) + advice)
 
 
-# ------------------------------------------------------------- what a file must match
 def settings_owners(strategy) -> list[tuple[str, object]]:
     """``(owner name, object)``: the strategy, model modules, plugins and metrics."""
     owners = [(type(strategy).__name__, strategy)]
-    owners += [(f"model.{name}".rstrip("."), module)
-               for name, module in strategy.model.named_modules()]
+    owners += [(f"model.{name}".rstrip("."), m) for name, m in strategy.model.named_modules()]
     for obj in [*strategy.plugins, *getattr(strategy.evaluator, "metrics", [])]:
         name = type(obj).__name__
         owners.append((name if name not in dict(owners) else f"{name}#{len(owners)}", obj))
@@ -215,20 +182,20 @@ def strategy_settings(strategy) -> dict[str, dict]:
     settings = {}
     for owner, obj in settings_owners(strategy):
         names = getattr(type(obj), "checkpointed", STRATEGY_SETTINGS if obj is strategy else ())
-        values = {n: getattr(obj, n) for n in names if isinstance(getattr(obj, n, None), SCALARS)}
+        values = {n: getattr(obj, n) for n in names
+                  if isinstance(getattr(obj, n, None), files.SCALARS)}
         if values:
             settings[owner] = values
-    optimizer = getattr(strategy, "optimizer", None)
-    if optimizer is not None:
-        settings["optimizer"] = {k: v for k, v in optimizer.defaults.items()
-                                 if isinstance(v, SCALARS)}
+    if getattr(strategy, "optimizer", None) is not None:
+        settings["optimizer"] = {k: v for k, v in strategy.optimizer.defaults.items()
+                                 if isinstance(v, files.SCALARS)}
     return settings
 
 
 def _same(a: object, b: object) -> bool:
-    numbers = (int, float)
+    number = (int, float)
     return (type(a) is type(b) and a == b) or (
-        isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool)
+        isinstance(a, number) and isinstance(b, number) and not isinstance(a, bool)
         and not isinstance(b, bool) and a == b)
 
 
@@ -252,41 +219,43 @@ def take_settings(strategy, saved: dict) -> None:
 
 def class_problems(strategy, payload: dict) -> list[str]:
     """Differences in the classes of strategy, plugins (and their parts), metrics, optimizer."""
-    problems = []
-    if payload["strategy_class"] != class_name(strategy):
+    name, problems = states.class_name, []
+    if payload["strategy_class"] != name(strategy):
         problems.append(f"the file is for a {payload['strategy_class']}, this strategy is a "
-                        f"{class_name(strategy)}")
+                        f"{name(strategy)}")
     for what, here, there in (
-        ("plugins", [class_name(p) for p in strategy.plugins],
-         [p["class"] for p in payload["plugins"]]),
-        ("evaluator metrics", [class_name(m) for m in getattr(strategy.evaluator, "metrics", [])],
+        ("plugins", [name(p) for p in strategy.plugins], [p["class"] for p in payload["plugins"]]),
+        ("evaluator metrics", [name(m) for m in getattr(strategy.evaluator, "metrics", [])],
          payload["metric_classes"]),
-        ("optimizer", [class_name(getattr(strategy, "optimizer", None))],
+        ("optimizer", [name(getattr(strategy, "optimizer", None))],
          [None if payload["optimizer"] is None else payload["optimizer"]["class"]]),
     ):
         if here != there:
             problems.append(f"{what}: this strategy has {here}, the file {there}")
     for plugin, entry in zip(strategy.plugins, payload["plugins"], strict=not problems):
-        adapter = adapter_of(plugin)
-        mine = {n: class_name(p) for n, p in adapter[2](plugin).items()} if adapter else {}
-        for name, theirs in entry.get("parts", {}).items():
-            if mine.get(name) != theirs:
-                problems.append(f"{type(plugin).__name__}.{name}: this strategy has "
-                                f"{mine.get(name)}, the file {theirs}")
+        adapter = states.adapter_of(plugin)
+        mine = {n: name(p) for n, p in adapter[2](plugin).items()} if adapter else {}
+        problems += [f"{type(plugin).__name__}.{part}: this strategy has {mine.get(part)}, the "
+                     f"file {theirs}" for part, theirs in entry.get("parts", {}).items()
+                     if mine.get(part) != theirs]
     return problems
 
 
 def shape_problems(model: nn.Module, saved: dict) -> list[str]:
-    """Tensors of the model missing, extra or of another shape than in the file's model."""
+    """Tensors of the model missing, extra or of another shape than in the file's model.
+
+    Modules inside ``DynamicModule`` s and modules that resize themselves (their class
+    overrides ``_load_from_state_dict``) may differ in shape.
+    """
     own, tensors = model.state_dict(), saved["state"]
     missing = sorted(own.keys() - tensors.keys() - set(saved.get("unset", ())))
-    extra = sorted(k for k in tensors.keys() - own.keys() if not is_lazy(model, k))
+    extra = sorted(k for k in tensors.keys() - own.keys() if not states.is_lazy(model, k))
     problems = [f"model tensors missing from the file: {missing[:5]}"] if missing else []
     problems += [f"model tensors in the file but not in this model: {extra[:5]}"] if extra else []
     for key in sorted(own.keys() & tensors.keys()):
         a, b, owner = own[key], tensors[key], key.rpartition(".")[0]
         if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape != b.shape \
-                and not in_dynamic_module(model, owner) and type(model.get_submodule(
+                and not states.in_dynamic_module(model, owner) and type(model.get_submodule(
                     owner))._load_from_state_dict is nn.Module._load_from_state_dict:
             problems.append(f"model.{key}: shape {tuple(a.shape)} here, {tuple(b.shape)} in "
                             "the file")

@@ -1,16 +1,13 @@
 """neve's checkpoint file: tensors and plain data only, with a SHA-256 of everything loaded.
 
 The file is a ``torch.save`` of ``{"format": "neve.checkpoint", "version": 1,
-"sha256": <hex>, "payload": <uint8 tensor>}``, where ``payload`` holds the bytes
-of a ``torch.save`` of the checkpoint's contents (a dict of tensors, numbers,
-strings, ``None``, ``torch.dtype`` and lists, tuples and dicts of those) and
-``sha256`` is their SHA-256. Both levels load with ``torch.load(...,
-weights_only=True)``, which builds no object but those, so reading a file never
-runs code from it; the hash is checked before the payload is read, so a damaged
-file is refused whole. Any failure to read gives one :class:`CheckpointError`
-that names the file. Writing goes through a temporary file of its own in the
-same folder and an atomic rename, so a failed or killed save leaves the
-previous checkpoint whole, and two writers never collide.
+"sha256": <hex>, "payload": <uint8 tensor>}``; ``payload`` holds the bytes of a
+``torch.save`` of the contents (tensors, numbers, strings, ``None``, dtypes, and
+lists, tuples and dicts of those) and ``sha256`` their SHA-256. Both levels load
+with ``torch.load(..., weights_only=True)``, so reading never runs code from the
+file; the hash is checked before the payload is read. A write goes through a
+temporary file of its own and an atomic rename: a failed or killed save leaves
+the previous checkpoint whole, and two writers never collide.
 """
 
 from __future__ import annotations
@@ -22,8 +19,10 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
+from avalanche.training.determinism.rng_manager import RNGManager
 
 from ..models.atomic_file import write_atomically
+from ..models.core.distributed import is_distributed
 
 FORMAT = "neve.checkpoint"
 VERSION = 1
@@ -39,15 +38,9 @@ class CheckpointError(ValueError):
 
 
 def plain_data(obj: object, where: str) -> object:
-    """``obj`` as tensors and plain data that ``torch.load(weights_only=True)`` reads back.
-
-    Numpy scalars become Python numbers, ``defaultdict`` a ``dict``, parameters
-    plain (detached) tensors; a ``state_dict``'s ``_metadata`` is kept.
-
-    Raises:
-        ValueError: naming the place (``where`` and the keys under it) of the first
-            value that is none of these.
-    """
+    """``obj`` as data ``torch.load(weights_only=True)`` reads back (numpy scalars as numbers,
+    parameters as detached tensors, a ``state_dict``'s ``_metadata`` kept); a ValueError
+    names the place (``where`` and the keys under it) of the first value that is none."""
     if isinstance(obj, SCALARS):
         return obj
     if isinstance(obj, np.generic):
@@ -69,12 +62,8 @@ def plain_data(obj: object, where: str) -> object:
 
 
 def write_checkpoint_file(path: str | os.PathLike, payload: dict) -> None:
-    """Write ``payload`` (plain data, see :func:`plain_data`) to ``path`` with its SHA-256.
-
-    Raises:
-        OSError: naming ``path`` and the cause (no space left, no permission); the
-            file at ``path``, if any, is left as it was.
-    """
+    """Write ``payload`` (plain data) to ``path`` with its SHA-256; an OSError names ``path``
+    and the cause (no space left, no permission), and leaves a file at ``path`` whole."""
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     blob = buffer.getvalue()
@@ -102,12 +91,8 @@ def damaged_file_error(path: str | os.PathLike, reason: str) -> CheckpointError:
 def read_checkpoint_file(
     path: str | os.PathLike, map_location: str | torch.device | None = None
 ) -> dict:
-    """The payload written by :func:`write_checkpoint_file`, its SHA-256 checked.
-
-    Raises:
-        CheckpointError: the file is damaged (truncated, a byte changed, empty),
-            is not a neve checkpoint, or holds anything but tensors and plain data.
-    """
+    """The payload of :func:`write_checkpoint_file`, its SHA-256 checked; a CheckpointError for
+    a damaged file (truncated, a byte changed, empty) or one that is not a neve checkpoint."""
     try:
         outer = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 -- every reader failure means the same
@@ -156,3 +141,39 @@ def check_fields(payload: dict) -> None:
     if counts != [payload["next_experience"]]:
         raise TypeError(f"field 'next_experience' is {payload['next_experience']!r}, but the "
                         f"file's clock counts {counts} trained experiences")
+
+
+def rng_state() -> dict:
+    """The states of Avalanche's ``RNGManager`` generators as plain data."""
+    state = {name: g["save_state"]() for name, g in RNGManager.random_generators.items()}
+    if "numpy" in state:  # numpy's MT19937 keys as a tensor
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        state["numpy"] = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
+                          "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
+    if torch.cuda.is_available():  # whose generator the others continue under torch.distributed
+        state["torch.cuda.current"] = torch.cuda.current_device()
+    return state
+
+
+def load_rng_state(state: dict) -> None:
+    """Put back :func:`rng_state`'s states."""
+    for name, generator in RNGManager.random_generators.items():
+        value = state.get(name)
+        if value is None:
+            continue
+        if name == "numpy":
+            value = (value["kind"], value["keys"].cpu().numpy().astype(np.uint32),
+                     value["pos"], value["has_gauss"], value["cached"])
+        elif name in ("torch", "torch.cuda"):
+            value = value.cpu() if name == "torch" else [v.cpu() for v in value]
+        generator["load_state"](value)
+        if name == "torch.cuda":
+            continue_saving_process_cuda_rng(value, state.get("torch.cuda.current"))
+
+
+def continue_saving_process_cuda_rng(states: list[torch.Tensor], saved_device: int | None
+                                     ) -> None:
+    """Under ``torch.distributed``, this GPU's generator continues rank 0's ``saved_device``
+    (seeded and drawn alike in every process, they are equal in an uninterrupted run)."""
+    if is_distributed() and torch.cuda.is_available() and saved_device is not None:
+        torch.cuda.set_rng_state(states[saved_device], device=torch.cuda.current_device())

@@ -1,14 +1,12 @@
 """A strategy's state as tensors and plain data, and back: what neve's checkpoint holds.
 
 Every component's state goes through ``state_dict`` / ``load_state_dict``: the
-model's (with each module's ``training`` flag, each parameter's ``requires_grad``,
-tensors declared but not yet set, and the plain attributes of the modules inside
-Avalanche ``DynamicModule`` s, which grow with the data), the optimizer's (with
-the parameter names of each group), the strategy's own (neve's strategies;
-Avalanche's :data:`PLUGIN_ONLY_STRATEGIES` keep theirs in plugins), each
-plugin's and metric's, or, for Avalanche classes without one, what an adapter
-of :func:`register_state` gives; the evaluator's results; the RNG states of
-Avalanche's ``RNGManager``. Anything else is refused at save, naming it.
+model's (with its modules' ``training`` flags, ``requires_grad``, tensors not yet
+set, and the plain attributes of modules in Avalanche ``DynamicModule`` s, which
+grow), the optimizer's (with each group's parameter names), the strategy's own,
+each plugin's and metric's, or what an adapter of :func:`register_state` gives for
+an Avalanche class without one; the evaluator's results; the RNG states.
+Anything else is refused at save, naming it.
 """
 
 from __future__ import annotations
@@ -17,18 +15,16 @@ import copy
 from collections.abc import Callable
 
 import avalanche.evaluation.metrics as av_metrics
-import numpy as np
 import torch
 from avalanche.models import DynamicModule
 from avalanche.training import supervised as av
-from avalanche.training.determinism.rng_manager import RNGManager
 from avalanche.training.plugins import EvaluationPlugin, LRSchedulerPlugin, ReplayPlugin
 from avalanche.training.plugins.clock import Clock
 from avalanche.training.templates import SupervisedTemplate
 from avalanche.training.templates.base_sgd import PeriodicEval
 from torch import nn
 
-from ..models.core.distributed import is_distributed
+from . import checkpoint_file as files
 from .checkpoint_file import PICKLE_RISK, plain_data
 
 #: Avalanche strategies whose state lives in their plugins only.
@@ -56,11 +52,9 @@ def unstorable_error(what: str, obj: object, detail: str) -> ValueError:
 
 def register_state(cls: type, get: Callable[[object], dict], put: Callable[[object, dict], None],
                    parts: Callable[[object], dict] = lambda obj: {}) -> None:
-    """Checkpoint instances of ``cls`` (a class without ``state_dict``) through an adapter.
-
-    ``get(obj)`` gives its state as plain data, ``put(obj, state)`` restores it and
-    ``parts(obj)`` names the objects whose classes a file must match.
-    """
+    """Checkpoint instances of ``cls`` (without ``state_dict``): ``get(obj)`` gives its state as
+    plain data, ``put(obj, state)`` restores it, ``parts(obj)`` names the objects whose
+    classes a file must match (e.g. a replay plugin's storage policy)."""
     _ADAPTERS[cls] = (get, put, parts)
 
 
@@ -69,8 +63,8 @@ def adapter_of(obj: object) -> tuple[Callable, Callable, Callable] | None:
 
 
 def _attributes(*names: str) -> tuple[Callable, Callable]:
-    return (lambda obj: {n: getattr(obj, n) for n in names},
-            lambda obj, state: [setattr(obj, n, state[n]) for n in names])
+    return lambda obj: {n: getattr(obj, n) for n in names}, lambda obj, state: vars(obj).update(
+        {n: state[n] for n in names})
 
 
 def _storage(plugin) -> dict:
@@ -148,8 +142,8 @@ def in_dynamic_module(model: nn.Module, name: str, *, include_self: bool = True)
 
 
 def is_lazy(model: nn.Module, key: str) -> bool:
-    """Whether tensor ``key`` is declared but not set (registered as ``None``, or not yet
-    created by its ``DynamicModule``), so a file may set it."""
+    """Whether tensor ``key`` is declared but not set (``None``, or not yet made by its
+    ``DynamicModule``), so a file may set it."""
     owner_name, _, attr = key.rpartition(".")
     try:
         owner = model.get_submodule(owner_name)
@@ -222,11 +216,8 @@ def _owner(model: nn.Module, key: str) -> tuple[nn.Module, str]:
 
 # ---------------------------------------------------------------------------- the strategy
 def strategy_state(strategy, settings: dict) -> dict:
-    """Everything :func:`load_strategy_state` restores, and ``settings``, as plain data.
-
-    Raises:
-        ValueError: a component holds state that cannot be stored so (named).
-    """
+    """What :func:`load_strategy_state` restores, and ``settings``; a ValueError names the
+    component whose state cannot be stored so."""
     if not has_state_dict(strategy) and type(strategy) not in PLUGIN_ONLY_STRATEGIES:
         raise unstorable_error("the strategy", strategy, "it has no state_dict for the state "
                                "of its own")
@@ -249,7 +240,7 @@ def strategy_state(strategy, settings: dict) -> dict:
         else list(strategy.optimized_param_id),
         "plugins": [component_state(p, f"plugin {i}") for i, p in enumerate(strategy.plugins)],
         "metric_classes": [class_name(m) for m in getattr(strategy.evaluator, "metrics", [])],
-        "rng": _rng_state(),
+        "rng": files.rng_state(),
     }
     try:
         return plain_data(state, "checkpoint")
@@ -274,42 +265,4 @@ def load_strategy_state(strategy, state: dict) -> None:
         strategy.load_state_dict(copy.deepcopy(state["strategy"]))
     for plugin, entry in zip(strategy.plugins, state["plugins"], strict=True):
         load_component(plugin, entry)
-    _load_rng(state["rng"])
-
-
-def _rng_state() -> dict:
-    state = {name: g["save_state"]() for name, g in RNGManager.random_generators.items()}
-    if "numpy" in state:  # numpy's MT19937 keys as a tensor
-        kind, keys, pos, has_gauss, cached = state["numpy"]
-        state["numpy"] = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
-                          "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
-    if torch.cuda.is_available():  # whose generator the others continue under torch.distributed
-        state["torch.cuda.current"] = torch.cuda.current_device()
-    return state
-
-
-def _load_rng(state: dict) -> None:
-    for name, generator in RNGManager.random_generators.items():
-        value = state.get(name)
-        if value is None:
-            continue
-        if name == "numpy":
-            value = (value["kind"], value["keys"].cpu().numpy().astype(np.uint32),
-                     value["pos"], value["has_gauss"], value["cached"])
-        elif name in ("torch", "torch.cuda"):
-            value = value.cpu() if name == "torch" else [v.cpu() for v in value]
-        generator["load_state"](value)
-        if name == "torch.cuda":
-            continue_saving_process_cuda_rng(value, state.get("torch.cuda.current"))
-
-
-def continue_saving_process_cuda_rng(states: list[torch.Tensor], saved_device: int | None
-                                     ) -> None:
-    """Under ``torch.distributed``, this process's GPU generator takes rank 0's state.
-
-    Rank 0 saved its node's generators and used ``saved_device``; every process's
-    generator is seeded and draws alike, so in an uninterrupted run it equals
-    rank 0's. Nothing happens in one process or without the index.
-    """
-    if is_distributed() and torch.cuda.is_available() and saved_device is not None:
-        torch.cuda.set_rng_state(states[saved_device], device=torch.cuda.current_device())
+    files.load_rng_state(state["rng"])

@@ -11,6 +11,8 @@ from avalanche.training import JointTraining
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..models.core.checks import check_labels
+
 
 def training_data(strategy) -> Dataset:
     """The data of the phase just trained, eval-mode transforms.
@@ -42,29 +44,55 @@ def trained_parameters(extractor: object, optimizer: object) -> list[nn.Paramete
     return [p for p in extractor.parameters() if p.requires_grad and id(p) in stepped]
 
 
-def check_finite_inputs(dataset: Dataset, batch_size: int, check_values: bool = True,
-                        skip: str = "") -> None:
-    """ValueError for an empty ``dataset``, or (``check_values``) one whose inputs hold NaN/inf.
+@torch.no_grad()
+def check_experience_data(dataset: Dataset, batch_size: int, *, max_classes: int,
+                          values: bool = True, features: nn.Module | None = None,
+                          dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+                          skip: str = "") -> None:
+    """Refuse an experience's data before anything learns from it (one pass, no gradients).
 
-    One pass over the data in order (no model), with its own generator so the
-    global random state is untouched. Only floating-point inputs are checked.
-    ``skip``: how to turn the check off, for the message.
+    Always: a non-empty dataset whose labels (``dataset.targets``; neve's one rule:
+    integers ``>= 0``) are below ``max_classes``. With ``values``, one pass over the
+    data in order, with its own generator (the global random state is untouched):
+    the labels its items give must be ``dataset.targets``; floating-point inputs
+    must be finite and, when ``dtype`` is given, of that dtype (the model's); the
+    features ``features`` gives (in eval mode, on ``device``) must be finite.
+
+    Raises:
+        ValueError, TypeError: naming the labels, inputs or features and the first bad items.
     """
     if len(dataset) == 0:
         raise ValueError("the experience's dataset is empty: there is nothing to learn")
-    if not check_values:
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        targets = check_labels(targets, "the experience's targets (labels)", below=max_classes,
+                               cap="max_classes")
+    if not values:
         return
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                        generator=torch.Generator())
-    seen = 0
-    for batch in loader:
-        x = batch[0]
-        if isinstance(x, torch.Tensor) and x.is_floating_point():
-            bad = ~torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
-            if bool(bad.any()):
-                first = seen + int(bad.nonzero()[0])
-                raise ValueError(
-                    f"the experience's inputs contain NaN or inf (item {first} of "
-                    f"{len(dataset)}); nothing was learned. Clean the data"
-                    + (f", or pass {skip} to skip this check" if skip else ""))
-        seen += len(x)
+    modes = [(m, m.training) for m in features.modules()] if features is not None else []
+    for module, _ in modes:
+        module.training = False
+    try:
+        seen = 0
+        for batch in DataLoader(dataset, batch_size=batch_size, generator=torch.Generator()):
+            x, y = batch[0], check_labels(batch[1], "the experience's item labels",
+                                          below=max_classes, cap="max_classes")
+            where = f"(items {seen}-{seen + len(y) - 1} of {len(dataset)})"
+            if targets is not None and not torch.equal(y, targets[seen:seen + len(y)]):
+                raise ValueError(f"the experience's targets (labels) disagree with the labels its "
+                                 f"items give {where}: fix the dataset's .targets")
+            if isinstance(x, torch.Tensor) and x.is_floating_point():
+                if dtype is not None and x.dtype != dtype:
+                    raise TypeError(f"the experience's inputs are {x.dtype}, the model computes "
+                                    f"in {dtype}: convert the data or the model")
+                if not bool(torch.isfinite(x).all()):
+                    raise ValueError(f"the experience's inputs contain NaN or inf {where}; "
+                                     f"nothing was learned. Clean the data, or pass {skip} to "
+                                     "skip this check")
+            if features is not None and not bool(torch.isfinite(features(x.to(device))).all()):
+                raise ValueError(f"the features of the experience's inputs are not finite "
+                                 f"{where} (inputs too large?): nothing was learned")
+            seen += len(y)
+    finally:
+        for module, training in modes:
+            module.training = training

@@ -18,6 +18,7 @@ from resume_harness import assert_resumes_exactly
 from test_distributed_methods import example
 
 import neve.plugins.checkpoint as checkpoint
+import neve.plugins.checkpoint_file as checkpoint_file
 from neve.benchmarks import digits
 from neve.models import PretrainedClassifier
 from neve.plugins import ClassifierAlignmentPlugin, DDPPlugin, GlobalBatchPlugin
@@ -37,8 +38,8 @@ def make_slca() -> SLCA:
 
 def on_process(folder: str, rank: int, world: int) -> dict:
     writes = []
-    original = checkpoint.write_checkpoint_file
-    checkpoint.write_checkpoint_file = lambda path, payload: (writes.append(rank),
+    original = checkpoint_file.write_checkpoint_file
+    checkpoint_file.write_checkpoint_file = lambda path, payload: (writes.append(rank),
                                                          original(path, payload))
     train, test = digits(seed=0)
     bm = nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=0)

@@ -104,7 +104,8 @@ def test_update_moments_refuses_bad_moments_and_keeps_state():
     stats.update(x, y, group=0)
     before = {c: m.clone() for c, m in stats.means.items()}
     good = class_moments(x, y)
-    n, mean, scatter, rows = good[0]
+    n, mean, scatter, _ = good[0]  # class 0 has more than D rows: none kept
+    rows = x[y == 0].double() - mean  # its centred rows, as kept for a class of few rows
     bad_cases = [
         {0: (n, mean[:-1], scatter, rows)},           # wrong D
         {0: (0, mean, scatter, rows)},                # empty class

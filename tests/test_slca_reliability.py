@@ -175,9 +175,9 @@ def test_data_check_can_be_turned_off_and_draws_no_random_numbers(split_digits):
     torch.manual_seed(3)
     expected = torch.rand(3)
     torch.manual_seed(3)
-    from neve.plugins.alignment import check_finite_inputs
+    from neve.plugins.experience_data import check_experience_data
 
-    check_finite_inputs(split_digits.train_stream[0].dataset, batch_size=64)
+    check_experience_data(split_digits.train_stream[0].dataset, 64, max_classes=10)
     assert torch.equal(torch.rand(3), expected)
 
 
