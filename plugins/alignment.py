@@ -96,8 +96,7 @@ class ClassifierAlignmentPlugin(SupervisedPlugin, supports_distributed=True):
     integers >= 0 below ``max_classes``, the ones its items give), and with
     ``check_data`` one pass over the data (eval mode, no gradients, the global
     random state untouched) checks that the inputs are finite and of the model's
-    dtype and that the features to be stored are finite
-    (:func:`~neve.plugins.experience_data.check_experience_data`); an empty
+    dtype (:func:`~neve.plugins.experience_data.check_experience_data`); an empty
     experience is refused always.
 
     Args:
@@ -191,8 +190,7 @@ class ClassifierAlignmentPlugin(SupervisedPlugin, supports_distributed=True):
         for dataset in training_datasets(strategy):
             check_experience_data(dataset, self._batch_size(strategy),
                                   max_classes=self.max_classes, values=self.check_data,
-                                  features=extractor, dtype=dtype, device=strategy.device,
-                                  skip="ClassifierAlignmentPlugin(check_data=False)")
+                                  dtype=dtype, skip="ClassifierAlignmentPlugin(check_data=False)")
         if self.unaligned_head is not None:
             restore_leading_slices(model_part(strategy.model, self.head, "head"),
                                    self.unaligned_head)

@@ -215,27 +215,43 @@ def _owner(model: nn.Module, key: str) -> tuple[nn.Module, str]:
 
 
 # ---------------------------------------------------------------------------- the strategy
+def optimizer_state(strategy) -> dict | None:
+    """The optimizer's ``state_dict``, its class and each group's parameter names."""
+    optimizer = getattr(strategy, "optimizer", None)
+    if optimizer is None:
+        return None
+    names = {id(p): n for n, p in strategy.model.named_parameters()}
+    if any(id(p) not in names for g in optimizer.param_groups for p in g["params"]):
+        raise unstorable_error("the optimizer", optimizer, "a param group holds parameters "
+                               "that are not the model's")
+    return {"class": class_name(optimizer), "state": optimizer.state_dict(),
+            "groups": [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]}
+
+
+def load_optimizer_state(strategy, saved: dict | None) -> None:
+    """Rebuild the groups on the model's parameters by name, then load the state."""
+    if saved is not None:
+        named = dict(strategy.model.named_parameters())
+        strategy.optimizer.param_groups[:] = [
+            {**{k: v for k, v in group.items() if k != "params"},
+             "params": [named[n] for n in names]}
+            for group, names in zip(saved["state"]["param_groups"], saved["groups"], strict=True)]
+        strategy.optimizer.load_state_dict(saved["state"])
+
+
 def strategy_state(strategy, settings: dict) -> dict:
     """What :func:`load_strategy_state` restores, and ``settings``; a ValueError names the
     component whose state cannot be stored so."""
     if not has_state_dict(strategy) and type(strategy) not in PLUGIN_ONLY_STRATEGIES:
         raise unstorable_error("the strategy", strategy, "it has no state_dict for the state "
                                "of its own")
-    optimizer, names = getattr(strategy, "optimizer", None), {
-        id(p): n for n, p in strategy.model.named_parameters()}
-    if optimizer is not None and any(id(p) not in names for g in optimizer.param_groups
-                                     for p in g["params"]):
-        raise unstorable_error("the optimizer", optimizer, "a param group holds parameters "
-                               "that are not the model's")
     state = {
         "strategy_class": class_name(strategy),
         "next_experience": int(strategy.clock.train_exp_counter),
         "settings": settings,
         "strategy": strategy.state_dict() if has_state_dict(strategy) else {},
         "model": model_state(strategy.model),
-        "optimizer": None if optimizer is None else {
-            "class": class_name(optimizer), "state": optimizer.state_dict(),
-            "groups": [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]},
+        "optimizer": optimizer_state(strategy),
         "optimized_param_names": None if getattr(strategy, "optimized_param_id", None) is None
         else list(strategy.optimized_param_id),
         "plugins": [component_state(p, f"plugin {i}") for i, p in enumerate(strategy.plugins)],
@@ -252,13 +268,7 @@ def load_strategy_state(strategy, state: dict) -> None:
     """Restore ``state`` (of :func:`strategy_state`) into ``strategy``; checks already done."""
     load_model(strategy.model, state["model"])
     named = dict(strategy.model.named_parameters())
-    if state["optimizer"] is not None:
-        saved = state["optimizer"]
-        strategy.optimizer.param_groups[:] = [
-            {**{k: v for k, v in group.items() if k != "params"},
-             "params": [named[n] for n in names]}
-            for group, names in zip(saved["state"]["param_groups"], saved["groups"], strict=True)]
-        strategy.optimizer.load_state_dict(saved["state"])
+    load_optimizer_state(strategy, state["optimizer"])
     if state["optimized_param_names"] is not None:
         strategy.optimized_param_id = {n: named[n] for n in state["optimized_param_names"]}
     if has_state_dict(strategy):

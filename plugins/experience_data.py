@@ -46,8 +46,7 @@ def trained_parameters(extractor: object, optimizer: object) -> list[nn.Paramete
 
 @torch.no_grad()
 def check_experience_data(dataset: Dataset, batch_size: int, *, max_classes: int,
-                          values: bool = True, features: nn.Module | None = None,
-                          dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+                          values: bool = True, dtype: torch.dtype | None = None,
                           skip: str = "") -> None:
     """Refuse an experience's data before anything learns from it (one pass, no gradients).
 
@@ -55,8 +54,7 @@ def check_experience_data(dataset: Dataset, batch_size: int, *, max_classes: int
     integers ``>= 0``) are below ``max_classes``. With ``values``, one pass over the
     data in order, with its own generator (the global random state is untouched):
     the labels its items give must be ``dataset.targets``; floating-point inputs
-    must be finite and, when ``dtype`` is given, of that dtype (the model's); the
-    features ``features`` gives (in eval mode, on ``device``) must be finite.
+    must be finite and, when ``dtype`` is given, of that dtype (the model's).
 
     Raises:
         ValueError, TypeError: naming the labels, inputs or features and the first bad items.
@@ -69,30 +67,19 @@ def check_experience_data(dataset: Dataset, batch_size: int, *, max_classes: int
                                cap="max_classes")
     if not values:
         return
-    modes = [(m, m.training) for m in features.modules()] if features is not None else []
-    for module, _ in modes:
-        module.training = False
-    try:
-        seen = 0
-        for batch in DataLoader(dataset, batch_size=batch_size, generator=torch.Generator()):
-            x, y = batch[0], check_labels(batch[1], "the experience's item labels",
-                                          below=max_classes, cap="max_classes")
-            where = f"(items {seen}-{seen + len(y) - 1} of {len(dataset)})"
-            if targets is not None and not torch.equal(y, targets[seen:seen + len(y)]):
-                raise ValueError(f"the experience's targets (labels) disagree with the labels its "
-                                 f"items give {where}: fix the dataset's .targets")
-            if isinstance(x, torch.Tensor) and x.is_floating_point():
-                if dtype is not None and x.dtype != dtype:
-                    raise TypeError(f"the experience's inputs are {x.dtype}, the model computes "
-                                    f"in {dtype}: convert the data or the model")
-                if not bool(torch.isfinite(x).all()):
-                    raise ValueError(f"the experience's inputs contain NaN or inf {where}; "
-                                     f"nothing was learned. Clean the data, or pass {skip} to "
-                                     "skip this check")
-            if features is not None and not bool(torch.isfinite(features(x.to(device))).all()):
-                raise ValueError(f"the features of the experience's inputs are not finite "
-                                 f"{where} (inputs too large?): nothing was learned")
-            seen += len(y)
-    finally:
-        for module, training in modes:
-            module.training = training
+    seen = 0
+    for batch in DataLoader(dataset, batch_size=batch_size, generator=torch.Generator()):
+        x, y = batch[0], check_labels(batch[1], "the experience's item labels",
+                                      below=max_classes, cap="max_classes")
+        where = f"(items {seen}-{seen + len(y) - 1} of {len(dataset)})"
+        if targets is not None and not torch.equal(y, targets[seen:seen + len(y)]):
+            raise ValueError(f"the experience's targets (labels) disagree with the labels its "
+                             f"items give {where}: fix the dataset's .targets")
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            if dtype is not None and x.dtype != dtype:
+                raise TypeError(f"the experience's inputs are {x.dtype}, the model computes in "
+                                f"{dtype}: convert the data or the model")
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(f"the experience's inputs contain NaN or inf {where}; nothing "
+                                 f"was learned. Clean the data, or pass {skip} to skip this check")
+        seen += len(y)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -16,6 +17,12 @@ from torch.optim import Optimizer
 from ..models.classifier import check_single_head, model_part
 from ..models.core.checks import Bool, Instance, Int, validated
 from ..plugins.alignment import ClassifierAlignmentPlugin
+from ..plugins.checkpoint_state import (
+    load_model,
+    load_optimizer_state,
+    model_state,
+    optimizer_state,
+)
 from ..plugins.distributed import WholeEvaluationPlugin
 from ..plugins.slow_learner import SlowLearnerPlugin
 from ..plugins.training_modes import experience_classes
@@ -65,7 +72,11 @@ class SLCA(Naive):
             larger bias to undo. Evaluation always uses all logits.
 
     Single-head class-incremental models only: a ``MultiTaskModule`` head (e.g.
-    ``MultiHeadClassifier``) is refused at construction.
+    ``MultiHeadClassifier``) is refused at construction. An experience is learned
+    whole or not at all: the alignment refuses bad data before the head can grow
+    (:class:`ClassifierAlignmentPlugin`), and when anything raises during the
+    experience (e.g. features that stop being finite), the model, the optimizer,
+    the two plugins and the clock are put back as they were.
 
     Attributes:
         slow_learner, alignment: the two plugins.
@@ -121,7 +132,30 @@ class SLCA(Naive):
 
     def _before_training_exp(self, **kwargs) -> None:
         self._current_classes = experience_classes(self.experience)
-        super()._before_training_exp(**kwargs)
+        self._saved = copy.deepcopy((model_state(self.model), optimizer_state(self),
+                                     self.slow_learner.state_dict(), self.alignment.state_dict(),
+                                     dict(vars(self.clock))))
+        self._whole(super()._before_training_exp, **kwargs)
+
+    def _train_exp(self, experience, eval_streams=None, **kwargs) -> None:
+        self._whole(super()._train_exp, experience, eval_streams, **kwargs)
+
+    def _after_training_exp(self, **kwargs) -> None:
+        self._whole(super()._after_training_exp, **kwargs)
+        self._saved = None
+
+    def _whole(self, step, *args, **kwargs) -> None:
+        """Run a step of the experience; when it raises, put SLCA's state back as it was."""
+        try:
+            step(*args, **kwargs)
+        except BaseException:
+            model, optimizer, slow, align, clock = self._saved
+            load_model(self.model, model)
+            load_optimizer_state(self, optimizer)
+            self.slow_learner.load_state_dict(slow)
+            self.alignment.load_state_dict(align)
+            vars(self.clock).update(clock)
+            raise
 
     def state_dict(self) -> dict:
         """SLCA's own state: none (the slow learner's and the alignment's are their plugins')."""
