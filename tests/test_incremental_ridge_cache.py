@@ -13,7 +13,7 @@ from neve.models import IncrementalRidge
 
 
 def lstsq_ridge(x: np.ndarray, labels: np.ndarray, gamma: float, classes: int) -> np.ndarray:
-    """``(X^T X + gamma I)^-1 X^T Y`` as the least-squares solution of ``[X; sqrt(g) I] W = [Y; 0]``."""
+    """``(X^T X + gamma I)^-1 X^T Y``: lstsq of ``[X; sqrt(g) I] W = [Y; 0]``."""
     y = np.eye(classes)[labels]
     a = np.vstack([x, np.sqrt(gamma) * np.eye(x.shape[1])])
     b = np.vstack([y, np.zeros((x.shape[1], classes))])
