@@ -49,6 +49,9 @@ OPTIONS = {
 }
 
 
+_RECORDS = ("statistics_seconds", "alignment_seconds", "alignment_losses")
+
+
 def _check_drift_options(options: dict) -> None:
     if options["drift_covariance"] and not options["drift_compensation"]:
         raise ValueError("drift_covariance=True needs drift_compensation=True (it moves the "
@@ -58,30 +61,22 @@ def _check_drift_options(options: dict) -> None:
 class ClassifierAlignmentPlugin(SupervisedPlugin, supports_distributed=True):
     """SLCA's classifier alignment with class-wise Gaussian feature statistics.
 
-    After each training experience (``after_training_exp``):
+    After each training experience: (1) the experience's training data (eval
+    transforms; for ``JointTraining`` the joint set) goes through
+    ``model.<features>`` (eval mode, no grad) and each class present gets its mean
+    and covariance stored (:class:`ClassGaussianStats`; a class seen before is
+    merged by counts); (2) from the second experience on, ``model.<head>`` is
+    re-trained on features sampled for all stored classes (:func:`align_head`);
+    the representation is never touched.
 
-    1. the experience's training data, with its eval transforms, goes through
-       ``model.<features>`` (eval mode, no grad) and each class present gets its
-       mean and covariance stored (:class:`ClassGaussianStats`; classes of
-       earlier experiences keep theirs; a class seen before is merged by counts).
-       Under Avalanche's ``JointTraining`` the data is the whole joint training
-       set (``strategy.adapted_dataset``), one training phase;
-    2. from the second experience on, ``model.<head>`` is re-trained on sampled
-       features for all stored classes (:func:`align_head`). The representation
-       is never touched (its parameters get no gradient and no update).
+    ``keep_aligned=False`` (default, as the authors' code, which restores the head
+    after evaluation): the unaligned head is put back when the next training
+    experience starts, before Avalanche grows the head, so alignment changes what
+    is evaluated but training continues from the unaligned head.
 
-    Whether the aligned head stays (``keep_aligned``): the authors' code backs
-    the head up before alignment and restores it after evaluation, so alignment
-    changes what is evaluated but training on the next experience continues
-    from the unaligned head. That is the default (``keep_aligned=False``): the
-    unaligned head is restored when the next training experience starts (in
-    ``before_train_dataset_adaptation``, before Avalanche grows the head).
-    ``keep_aligned=True`` keeps training from the aligned head.
-
-    Plugin order matters for plugins that copy the model in ``after_training_exp``
-    (e.g. ``LwFPlugin``): put this plugin after them so they copy the unaligned
-    model (:class:`neve.strategies.SLCA` does). Single-sample classes: the
-    covariance is undefined, so it is ``ridge * I``.
+    Put it after plugins that copy the model in ``after_training_exp`` (e.g.
+    ``LwFPlugin``), so they copy the unaligned model (:class:`neve.strategies.SLCA`
+    does). A single-sample class gets the covariance ``ridge * I``.
 
     Under ``torch.distributed`` each process embeds its contiguous shard of the
     experience and the statistics are combined over the processes
@@ -90,14 +85,11 @@ class ClassifierAlignmentPlugin(SupervisedPlugin, supports_distributed=True):
     alignment is seeded the same on every process and the aligned head is taken
     from rank 0.
 
-    Single-head class-incremental models only: a ``MultiTaskModule`` head is
-    refused with a ValueError when training starts. Before each experience, before
-    the head can grow or a weight moves, its labels are checked (neve's one rule:
-    integers >= 0 below ``max_classes``, the ones its items give), and with
-    ``check_data`` one pass over the data (eval mode, no gradients, the global
-    random state untouched) checks that the inputs are finite and of the model's
-    dtype (:func:`~neve.plugins.experience_data.check_experience_data`); an empty
-    experience is refused always.
+    Single-head models only (a ``MultiTaskModule`` head is refused). Before each
+    experience, before the head can grow, its labels are checked (integers >= 0
+    below ``max_classes``) and, with ``check_data``, one pass over the data checks
+    that the items give those labels and that the inputs are finite and of the
+    model's dtype (:func:`~neve.plugins.experience_data.check_experience_data`).
 
     Args:
         samples_per_class: features drawn per class per epoch (paper 256), >= 1.
@@ -136,10 +128,6 @@ class ClassifierAlignmentPlugin(SupervisedPlugin, supports_distributed=True):
         statistics_seconds, alignment_seconds: wall time of each experience's
             feature pass + statistics, and of its whole step.
         alignment_losses: the mean loss per epoch of each alignment.
-
-    Paper deviation: SLCA trains each task's head on that task's logits only;
-    Avalanche's ``Naive`` uses cross-entropy over all logits
-    (:class:`neve.strategies.SLCA` uses the paper's loss).
     """
 
     checkpointed = ("covariance", "ridge", *OPTIONS)
@@ -241,16 +229,11 @@ class ClassifierAlignmentPlugin(SupervisedPlugin, supports_distributed=True):
         self.alignment_seconds.append(time.perf_counter() - start)
 
     def state_dict(self) -> dict:
-        return {
-            "options": {key: getattr(self, key) for key in OPTIONS},
-            "stats": self.stats.state_dict(),
-            "experiences_seen": self.experiences_seen,
-            "unaligned_head": None if self.unaligned_head is None
-            else {k: v.clone() for k, v in self.unaligned_head.items()},
-            "statistics_seconds": list(self.statistics_seconds),
-            "alignment_seconds": list(self.alignment_seconds),
-            "alignment_losses": [list(x) for x in self.alignment_losses],
-        }
+        head = self.unaligned_head
+        return {"options": {key: getattr(self, key) for key in OPTIONS},
+                "stats": self.stats.state_dict(), "experiences_seen": self.experiences_seen,
+                "unaligned_head": None if head is None else {k: v.clone() for k, v in head.items()},
+                **{key: copy.deepcopy(getattr(self, key)) for key in _RECORDS}}
 
     def load_state_dict(self, state: dict) -> None:
         """Load a :meth:`state_dict`; everything is checked before anything changes."""
@@ -267,10 +250,7 @@ class ClassifierAlignmentPlugin(SupervisedPlugin, supports_distributed=True):
         head = state["unaligned_head"]
         if head is not None and not all(isinstance(v, torch.Tensor) for v in head.values()):
             raise ValueError("state['unaligned_head'] must be None or a dict of tensors")
-        vars(self).update(options)
+        vars(self).update(options, experiences_seen=seen, **{
+            key: copy.deepcopy(state[key]) for key in _RECORDS})
         self.stats.load_state_dict(stats)
-        self.experiences_seen = seen
         self.unaligned_head = None if head is None else {k: v.clone() for k, v in head.items()}
-        self.statistics_seconds = list(state["statistics_seconds"])
-        self.alignment_seconds = list(state["alignment_seconds"])
-        self.alignment_losses = [list(x) for x in state["alignment_losses"]]

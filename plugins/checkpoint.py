@@ -10,13 +10,11 @@ declares in a class attribute ``checkpointed`` (attribute names; a strategy
 without one: :data:`STRATEGY_SETTINGS`), and the optimizer's ``defaults``. Any
 problem is one :class:`CheckpointError` and the strategy is left as it was.
 
-``format="pickle"`` (both functions) is Avalanche 0.6.0's whole-strategy dill
-pickle: it stores anything, but **loading such a file runs code from it**. Under
-torch >= 2.x it fails (``PicklingError``): ``torch/optim/__init__.py`` deletes
-its submodule attributes, so dill pickles the optimizer *class* by value, down to
-objects that cannot be pickled. :func:`restore_submodule_attributes` puts every
-imported ``torch`` submodule back as an attribute of its parent package
-(importing :mod:`neve.plugins` applies it, and so does the ``"pickle"`` format).
+``format="pickle"`` is Avalanche 0.6.0's dill pickle of the whole strategy: it
+stores anything, but **loading such a file runs code from it**. Under torch >= 2.x
+it fails because ``torch/optim/__init__.py`` deletes its submodule attributes, so
+dill pickles the optimizer *class* by value; :func:`restore_submodule_attributes`
+(applied on import of :mod:`neve.plugins` and before pickling) puts them back.
 """
 
 from __future__ import annotations
@@ -45,8 +43,7 @@ def restore_submodule_attributes(packages: tuple[str, ...] = ("torch",)) -> list
     """Make each imported submodule of ``packages`` an attribute of its parent; returns them."""
     restored = []
     for name, module in list(sys.modules.items()):
-        parent = sys.modules.get(name.rpartition(".")[0])
-        child = name.rpartition(".")[2]
+        parent, child = sys.modules.get(name.rpartition(".")[0]), name.rpartition(".")[2]
         if module is not None and name.startswith(packages) and "." in name \
                 and parent is not None and not hasattr(parent, child):
             setattr(parent, child, module)
@@ -87,10 +84,10 @@ def save_checkpoint(strategy, path: str | os.PathLike, *, format: str = "state")
 def process_map_location() -> dict[str, str] | None:
     """Under ``torch.distributed`` with CUDA, ``{"cuda:i": "cuda:<current>"}`` for every GPU
     of this node (rank 0 wrote from its own GPU); else None (where they were saved)."""
-    if not (is_distributed() and torch.cuda.is_available()):
-        return None
-    here = f"cuda:{torch.cuda.current_device()}"
-    return {f"cuda:{i}": here for i in range(torch.cuda.device_count())}
+    if is_distributed() and torch.cuda.is_available():
+        here = f"cuda:{torch.cuda.current_device()}"
+        return {f"cuda:{i}": here for i in range(torch.cuda.device_count())}
+    return None
 
 
 def maybe_load_checkpoint(strategy: T, path: str | os.PathLike,
@@ -98,18 +95,11 @@ def maybe_load_checkpoint(strategy: T, path: str | os.PathLike,
                           format: str = "state", override: bool = False) -> tuple[T, int]:
     """Restore ``strategy`` (built as the saved one was) from ``path`` if it exists.
 
-    Args:
-        map_location: where the file's tensors go, as for ``torch.load`` (default
-            :func:`process_map_location`).
-        format: ``"state"`` (default) or ``"pickle"`` (runs code from the file: for
-            files you trust only), as saved.
-        override: take the file's settings where they differ (e.g. ``gamma``,
-            ``train_mb_size``, the optimizer's ``lr``) instead of refusing; classes
-            and shapes must match all the same.
-
-    Returns:
-        ``(strategy, next_experience)``: the first training experience not yet seen
-        (0 when there is no file).
+    ``map_location`` as for ``torch.load`` (default :func:`process_map_location`);
+    ``format`` as saved (``"pickle"`` runs code from the file); ``override``: take the
+    file's settings where they differ (e.g. ``gamma``, the optimizer's ``lr``) instead
+    of refusing (classes and shapes must match all the same). Returns ``(strategy,
+    next_experience)``, the first training experience not yet seen (0 without file).
 
     Raises:
         CheckpointError: the file is damaged, not a neve checkpoint, or does not fit
@@ -193,10 +183,8 @@ def strategy_settings(strategy) -> dict[str, dict]:
 
 
 def _same(a: object, b: object) -> bool:
-    number = (int, float)
-    return (type(a) is type(b) and a == b) or (
-        isinstance(a, number) and isinstance(b, number) and not isinstance(a, bool)
-        and not isinstance(b, bool) and a == b)
+    """Equal and of one type, or two numbers (not bools) that are equal."""
+    return a == b and (type(a) is type(b) or {type(a), type(b)} <= {int, float})
 
 
 def setting_problems(strategy, saved: dict) -> list[str]:

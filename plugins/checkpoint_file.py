@@ -16,10 +16,14 @@ import hashlib
 import io
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from avalanche.training.determinism.rng_manager import RNGManager
+from avalanche.training.plugins import LRSchedulerPlugin, ReplayPlugin
+from avalanche.training.plugins.clock import Clock
+from avalanche.training.templates.base_sgd import PeriodicEval
 
 from ..models.atomic_file import write_atomically
 from ..models.core.distributed import is_distributed
@@ -35,6 +39,46 @@ PICKLE_RISK = (
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be loaded into the strategy at hand; nothing was changed."""
+
+
+_ADAPTERS: dict[type, tuple[Callable, Callable, Callable]] = {}
+
+
+def register_state(cls: type, get: Callable[[object], dict], put: Callable[[object, dict], None],
+                   parts: Callable[[object], dict] = lambda obj: {}) -> None:
+    """Checkpoint instances of ``cls`` (without ``state_dict``): ``get(obj)`` gives its state as
+    plain data, ``put(obj, state)`` restores it, ``parts(obj)`` names the objects whose
+    classes a file must match (e.g. a replay plugin's storage policy)."""
+    _ADAPTERS[cls] = (get, put, parts)
+
+
+def adapter_of(obj: object) -> tuple[Callable, Callable, Callable] | None:
+    return _ADAPTERS.get(type(obj))
+
+
+def _attributes(*names: str) -> tuple[Callable, Callable]:
+    return lambda obj: {n: getattr(obj, n) for n in names}, lambda obj, state: vars(obj).update(
+        {n: state[n] for n in names})
+
+
+def _storage(plugin) -> dict:
+    policy = plugin.storage_policy
+    if not callable(getattr(policy, "state_dict", None)):
+        raise ValueError(f"cannot checkpoint plugin ReplayPlugin: its storage_policy "
+                         f"({type(policy).__name__}) has no state_dict, which the default "
+                         f"checkpoint format cannot store; {PICKLE_RISK}")
+    return {"storage_policy": policy.state_dict()}
+
+
+register_state(Clock, *_attributes("train_iterations", "train_exp_counter", "train_exp_epochs",
+                                   "train_exp_iterations", "train_epoch_iterations",
+                                   "total_iterations"))
+register_state(PeriodicEval, *_attributes("do_final", "_is_eval_updated"))
+register_state(LRSchedulerPlugin, lambda p: {"scheduler": p.scheduler.state_dict()},
+               lambda p, s: p.scheduler.load_state_dict(s["scheduler"]))
+register_state(ReplayPlugin, _storage,
+               lambda p, s: p.storage_policy.load_state_dict(s["storage_policy"]),
+               lambda p: {"storage_policy": p.storage_policy})
 
 
 def plain_data(obj: object, where: str) -> object:

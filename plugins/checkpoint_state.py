@@ -4,28 +4,26 @@ Every component's state goes through ``state_dict`` / ``load_state_dict``: the
 model's (with its modules' ``training`` flags, ``requires_grad``, tensors not yet
 set, and the plain attributes of modules in Avalanche ``DynamicModule`` s, which
 grow), the optimizer's (with each group's parameter names), the strategy's own,
-each plugin's and metric's, or what an adapter of :func:`register_state` gives for
-an Avalanche class without one; the evaluator's results; the RNG states.
+each plugin's and metric's, or what an adapter gives for an Avalanche class without
+one (:func:`~neve.plugins.checkpoint_file.register_state`); the evaluator's results; the
+RNG states.
 Anything else is refused at save, naming it.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 
 import avalanche.evaluation.metrics as av_metrics
 import torch
 from avalanche.models import DynamicModule
 from avalanche.training import supervised as av
-from avalanche.training.plugins import EvaluationPlugin, LRSchedulerPlugin, ReplayPlugin
-from avalanche.training.plugins.clock import Clock
+from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
-from avalanche.training.templates.base_sgd import PeriodicEval
 from torch import nn
 
 from . import checkpoint_file as files
-from .checkpoint_file import PICKLE_RISK, plain_data
+from .checkpoint_file import PICKLE_RISK, adapter_of, plain_data
 
 #: Avalanche strategies whose state lives in their plugins only.
 PLUGIN_ONLY_STRATEGIES = (SupervisedTemplate, av.Naive, av.Replay, av.EWC, av.LwF, av.GDumb,
@@ -35,60 +33,20 @@ STATELESS_METRICS = tuple(getattr(av_metrics, f"{scope}{kind}") for kind in ("Ac
                           for scope in ("Minibatch", "Epoch", "RunningEpoch", "Experience",
                                         "Stream"))
 _MODULE_INTERNALS = frozenset(vars(nn.Module())) | {"training"}
-_ADAPTERS: dict[type, tuple[Callable, Callable, Callable]] = {}
 
 
 def class_name(obj: object) -> str | None:
-    """``module.QualifiedName`` of ``obj``'s class (``None`` for ``None``)."""
     return None if obj is None else f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
 def unstorable_error(what: str, obj: object, detail: str) -> ValueError:
-    """The error for state that the format cannot store."""
     return ValueError(f"cannot checkpoint {what} ({class_name(obj)}): {detail}, which the "
                       f"default checkpoint format (tensors and plain data) cannot store; "
                       f"{PICKLE_RISK}")
 
 
-def register_state(cls: type, get: Callable[[object], dict], put: Callable[[object, dict], None],
-                   parts: Callable[[object], dict] = lambda obj: {}) -> None:
-    """Checkpoint instances of ``cls`` (without ``state_dict``): ``get(obj)`` gives its state as
-    plain data, ``put(obj, state)`` restores it, ``parts(obj)`` names the objects whose
-    classes a file must match (e.g. a replay plugin's storage policy)."""
-    _ADAPTERS[cls] = (get, put, parts)
-
-
-def adapter_of(obj: object) -> tuple[Callable, Callable, Callable] | None:
-    return _ADAPTERS.get(type(obj))
-
-
-def _attributes(*names: str) -> tuple[Callable, Callable]:
-    return lambda obj: {n: getattr(obj, n) for n in names}, lambda obj, state: vars(obj).update(
-        {n: state[n] for n in names})
-
-
-def _storage(plugin) -> dict:
-    policy = plugin.storage_policy
-    if not callable(getattr(policy, "state_dict", None)):
-        raise unstorable_error("plugin ReplayPlugin", plugin,
-                               f"its storage_policy ({type(policy).__name__}) has no state_dict")
-    return {"storage_policy": policy.state_dict()}
-
-
-register_state(Clock, *_attributes("train_iterations", "train_exp_counter", "train_exp_epochs",
-                                   "train_exp_iterations", "train_epoch_iterations",
-                                   "total_iterations"))
-register_state(PeriodicEval, *_attributes("do_final", "_is_eval_updated"))
-register_state(LRSchedulerPlugin, lambda p: {"scheduler": p.scheduler.state_dict()},
-               lambda p, s: p.scheduler.load_state_dict(s["scheduler"]))
-register_state(ReplayPlugin, _storage,
-               lambda p, s: p.storage_policy.load_state_dict(s["storage_policy"]),
-               lambda p: {"storage_policy": p.storage_policy})
-
-
 def has_state_dict(obj: object) -> bool:
-    return callable(getattr(obj, "state_dict", None)) and callable(
-        getattr(obj, "load_state_dict", None))
+    return all(callable(getattr(obj, name, None)) for name in ("state_dict", "load_state_dict"))
 
 
 def component_state(obj: object, what: str) -> dict:
@@ -106,7 +64,7 @@ def component_state(obj: object, what: str) -> dict:
         entry["parts"] = {name: class_name(part) for name, part in parts(obj).items()}
     elif type(obj) not in STATELESS_METRICS and vars(obj):
         raise unstorable_error(f"{what} {type(obj).__name__}", obj, "it has no state_dict and "
-                               "no adapter (neve.plugins.checkpoint_state.register_state)")
+                               "no adapter (neve.plugins.checkpoint_file.register_state)")
     try:
         entry["state"] = plain_data(entry["state"], type(obj).__name__)
     except ValueError as error:
@@ -130,15 +88,14 @@ def load_component(obj: object, entry: dict) -> None:
 
 
 # ------------------------------------------------------------------------------ the model
-def in_dynamic_module(model: nn.Module, name: str, *, include_self: bool = True) -> bool:
-    """Whether ``model``'s submodule ``name`` lies in an Avalanche ``DynamicModule``."""
-    module, chain = model, [model]
-    for part in name.split(".") if name else []:
-        module = module._modules.get(part)
-        if module is None:
-            return False
-        chain.append(module)
-    return any(isinstance(m, DynamicModule) for m in (chain if include_self else chain[:-1]))
+def in_dynamic_module(model: nn.Module, name: str) -> bool:
+    """Whether ``model``'s submodule ``name`` is, or lies in, an Avalanche ``DynamicModule``."""
+    module = model
+    for part in [""] + (name.split(".") if name else []):
+        module = module._modules.get(part) if part else module
+        if isinstance(module, DynamicModule) or module is None:
+            return module is not None
+    return False
 
 
 def is_lazy(model: nn.Module, key: str) -> bool:

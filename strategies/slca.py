@@ -132,9 +132,12 @@ class SLCA(Naive):
 
     def _before_training_exp(self, **kwargs) -> None:
         self._current_classes = experience_classes(self.experience)
-        self._saved = copy.deepcopy((model_state(self.model), optimizer_state(self),
-                                     self.slow_learner.state_dict(), self.alignment.state_dict(),
-                                     dict(vars(self.clock))))
+        optimizer = self.optimizer  # its groups may hold a grown head's old parameters
+        self._saved = (copy.deepcopy((model_state(self.model), optimizer.state_dict(),
+                                      self.slow_learner.state_dict(), self.alignment.state_dict(),
+                                      dict(vars(self.clock)))),
+                       [list(g["params"]) for g in optimizer.param_groups],
+                       dict(self.optimized_param_id or {}))
         self._whole(super()._before_training_exp, **kwargs)
 
     def _train_exp(self, experience, eval_streams=None, **kwargs) -> None:
@@ -149,9 +152,13 @@ class SLCA(Naive):
         try:
             step(*args, **kwargs)
         except BaseException:
-            model, optimizer, slow, align, clock = self._saved
+            (model, optimizer, slow, align, clock), groups, ids = self._saved
             load_model(self.model, model)
-            load_optimizer_state(self, optimizer)
+            self.optimizer.param_groups[:] = [
+                {**{k: v for k, v in group.items() if k != "params"}, "params": params}
+                for group, params in zip(optimizer["param_groups"], groups, strict=True)]
+            self.optimizer.load_state_dict(optimizer)
+            self.optimized_param_id = ids
             self.slow_learner.load_state_dict(slow)
             self.alignment.load_state_dict(align)
             vars(self.clock).update(clock)
