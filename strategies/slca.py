@@ -19,9 +19,7 @@ from ..models.core.checks import Bool, Instance, Int, validated
 from ..plugins.alignment import ClassifierAlignmentPlugin
 from ..plugins.checkpoint_state import (
     load_model,
-    load_optimizer_state,
     model_state,
-    optimizer_state,
 )
 from ..plugins.distributed import WholeEvaluationPlugin
 from ..plugins.slow_learner import SlowLearnerPlugin
