@@ -21,7 +21,7 @@ from avalanche.distributed import DistributedHelper
 from neve.models.core.distributed import process_device
 from neve.plugins import init_distributed
 from neve.plugins.checkpoint import process_map_location
-from neve.plugins.checkpoint_state import continue_saving_process_cuda_rng
+from neve.plugins.checkpoint_file import continue_saving_process_cuda_rng
 from neve.plugins.process_group import ddp_device_ids
 
 PATH = Path(__file__).resolve().parents[1] / "bench" / "distributed.py"
