@@ -9,44 +9,29 @@ from __future__ import annotations
 
 import torch
 
-from .core.checks import OneOf, Real
+from .core.checks import Int, OneOf, Real, check_features, check_labels
 
 COVARIANCE_KINDS = ("full", "diagonal", "shared")
 
 
 COVARIANCE = OneOf(*COVARIANCE_KINDS)
 RIDGE = Real(gt=0.0)
+GROUP = Int(min=0)
 
 
 def check_update_inputs(
     features: object, targets: object, group: object, columns: int | None
 ) -> None:
-    """Checks of ``ClassGaussianStats.update``'s arguments (``columns``: the stored D)."""
-    if not isinstance(features, torch.Tensor) or not features.is_floating_point():
-        raise TypeError(f"features must be a floating-point tensor [N, D], got {type(features)}")
-    if not isinstance(targets, torch.Tensor):
-        raise TypeError(f"targets must be an integer tensor [N], got {type(targets)}")
-    if features.dim() != 2 or features.shape[0] < 1 or features.shape[1] < 1:
+    """Checks of ``ClassGaussianStats.update``'s arguments (``columns``: the stored D).
+
+    Features ``[N >= 1, D]`` finite floating point (``D = columns`` once stored), targets
+    by neve's one label rule with ``N`` entries, ``group`` an integer >= 0.
+    """
+    features = check_features(features, "features", dim=columns)
+    if features.shape[0] < 1 or features.shape[1] < 1:
         raise ValueError(f"features must be [N >= 1, D >= 1], got {tuple(features.shape)}")
-    if targets.dim() != 1 or targets.shape[0] != features.shape[0]:
-        raise ValueError(
-            f"targets must be [N] with N = {features.shape[0]} (features' rows), "
-            f"got {tuple(targets.shape)}"
-        )
-    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
-        raise TypeError(f"targets must hold integer class ids, got dtype {targets.dtype}")
-    if int(targets.min()) < 0:
-        raise ValueError(f"targets must be class ids >= 0, got {int(targets.min())}")
-    if columns is not None and features.shape[1] != columns:
-        raise ValueError(f"features must have {columns} columns, got {features.shape[1]}")
-    bad = ~torch.isfinite(features).all(dim=1)
-    if bool(bad.any()):
-        raise ValueError(
-            f"features contain NaN or inf in {int(bad.sum())} of {features.shape[0]} rows "
-            f"(first row {int(bad.nonzero()[0])}); nothing was stored"
-        )
-    if isinstance(group, bool) or not isinstance(group, int) or group < 0:
-        raise ValueError(f"group must be an int >= 0, got {group!r}")
+    check_labels(targets, "targets", n=features.shape[0])
+    GROUP.check(group, "group")
 
 
 def _tensor_dict(state: dict, key: str) -> dict[int, torch.Tensor]:
