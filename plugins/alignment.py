@@ -75,8 +75,7 @@ class ClassifierAlignmentPlugin(SupervisedPlugin, supports_distributed=True):
     is evaluated but training continues from the unaligned head.
 
     Put it after plugins that copy the model in ``after_training_exp`` (e.g.
-    ``LwFPlugin``), so they copy the unaligned model (:class:`neve.strategies.SLCA`
-    does). A single-sample class gets the covariance ``ridge * I``.
+    ``LwFPlugin``), so they copy the unaligned model (:class:`neve.strategies.SLCA` does).
 
     Under ``torch.distributed`` each process embeds its contiguous shard of the
     experience and the statistics are combined over the processes
@@ -104,7 +103,7 @@ class ClassifierAlignmentPlugin(SupervisedPlugin, supports_distributed=True):
             give fewer than ``min_steps`` SGD steps (:func:`alignment_batch_size`).
         min_steps: fewest SGD steps per alignment epoch when ``batch_size`` is None.
         momentum, weight_decay: of the alignment SGD (authors 0.9, 5e-4).
-        ridge: added to the covariance diagonal (authors 1e-4).
+        ridge: added to the covariance diagonal (authors 1e-4); a one-sample class's covariance.
         logit_norm: use Eq. 3's normalisation (True) or plain logits.
         features, head: attribute names of the model's feature extractor and head.
         seed: seeds the sampling; experience k uses ``seed + k``, so runs repeat
@@ -112,10 +111,10 @@ class ClassifierAlignmentPlugin(SupervisedPlugin, supports_distributed=True):
         stats_batch_size: mini-batch of the feature pass (default ``eval_mb_size``).
         check_data: the pass over each experience's data before training (see above).
         max_classes: the largest class count (labels ``>= max_classes`` are refused).
-        drift_compensation: beyond the paper, semantic drift compensation (Yu et
-            al., CVPR 2020): the experience's features before and after training
-            move the stored means of earlier classes
-            (:func:`neve.models.drift.compensate_drift`). Not under ``JointTraining``.
+        drift_compensation: beyond the paper, semantic drift compensation (Yu et al., CVPR
+            2020): the experience's features before and after training move the stored
+            means of earlier classes (:func:`~neve.models.drift.compensate_drift`); not
+            under ``JointTraining``.
         drift_sigma: SDC's kernel width on L2-normalised features (SDC: 0.3).
         drift_covariance: also move the earlier classes' covariances by a ridge fit
             of the displacement (needs ``drift_compensation``).
@@ -125,8 +124,8 @@ class ClassifierAlignmentPlugin(SupervisedPlugin, supports_distributed=True):
 
     Attributes:
         stats: the :class:`ClassGaussianStats`.
-        statistics_seconds, alignment_seconds: wall time of each experience's
-            feature pass + statistics, and of its whole step.
+        statistics_seconds, alignment_seconds: wall time of each experience's feature
+            pass + statistics, and of its whole step.
         alignment_losses: the mean loss per epoch of each alignment.
     """
 
@@ -155,13 +154,8 @@ class ClassifierAlignmentPlugin(SupervisedPlugin, supports_distributed=True):
         self.alignment_losses: list[list[float]] = []
         self._before_features: torch.Tensor | None = None
 
-    @property
-    def covariance(self) -> str:
-        return self.stats.covariance
-
-    @property
-    def ridge(self) -> float:
-        return self.stats.ridge
+    covariance = property(lambda self: self.stats.covariance)
+    ridge = property(lambda self: self.stats.ridge)
 
     def _batch_size(self, strategy) -> int:
         return self.stats_batch_size or strategy.eval_mb_size or strategy.train_mb_size
