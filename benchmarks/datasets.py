@@ -42,8 +42,9 @@ class LabelledTensorDataset(Dataset):
 
     Args:
         data: float tensor ``[N, ...]`` (images ``[N, C, H, W]`` or features ``[N, D]``).
-        targets: ``[N]`` integer labels >= 0 (stored as int64; float values that are
-            not whole numbers are refused, not truncated).
+        targets: ``[N]`` labels of an integer dtype, >= 0 (stored as int64); float
+            labels are refused, whole or not (neve's one label rule,
+            :func:`~neve.models.core.checks.check_labels`).
     """
 
     def __init__(self, data: torch.Tensor, targets: torch.Tensor) -> None:
