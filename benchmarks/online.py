@@ -176,12 +176,17 @@ def seen_classes_stream(test, classes: Iterable[int], *, name: str = SEEN_STREAM
 
     Raises:
         TypeError: ``test`` without integer ``.targets``, ``classes`` not integers.
-        ValueError: ``name`` not a non-empty string; no sample of ``test`` has a
-            class in ``classes``.
+        ValueError: ``classes`` empty; ``name`` not a non-empty string; no sample
+            of ``test`` has a class in ``classes``.
     """
     targets = check_labelled(test, "test")
-    wanted = check_labels(torch.as_tensor(list(classes), dtype=torch.long)
-                          if not isinstance(classes, torch.Tensor) else classes, "classes")
+    try:
+        values = classes if isinstance(classes, torch.Tensor) else list(classes)
+    except TypeError as err:
+        raise TypeError(f"classes must be an iterable of class labels, got {classes!r}") from err
+    if len(values) == 0:
+        raise ValueError("classes must hold at least one class label, got none")
+    wanted = check_labels(torch.as_tensor(values), "classes")
     name = Text("a stream name (a non-empty string)").check(name, "name")
     idx = torch.nonzero(torch.isin(targets, wanted)).flatten()
     if len(idx) == 0:
