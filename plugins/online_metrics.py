@@ -1,6 +1,6 @@
 """A_auc and A_last of online class-incremental learning, on the classes seen so far.
 
-The evaluation of Si-Blurry (Moon et al., ICCV 2023, sec. 5; also G-ACIL,
+The evaluation of Si-Blurry (Moon et al., ICCV 2023; also G-ACIL,
 Zhuang et al., 2024): every ``every`` training samples of the stream the model is
 evaluated on the test samples of the classes seen so far, its predictions
 restricted to those classes; ``A_auc`` is the mean of those accuracies (with
