@@ -15,6 +15,7 @@ from .curriculum_metrics import (
     effectiveness_f,
 )
 from .distributed import DDPPlugin, ExactShardsPlugin, GlobalBatchPlugin, WholeEvaluationPlugin
+from .online_metrics import AnytimeAccuracy, LastAccuracy, SeenClassesEvaluation
 from .process_group import init_distributed
 from .progress import PhaseProgressLogger
 from .slow_learner import SlowLearnerPlugin
@@ -29,6 +30,9 @@ __all__ = [
     "WholeEvaluationPlugin",
     "init_distributed",
     "CurriculumEffectiveness",
+    "AnytimeAccuracy",
+    "LastAccuracy",
+    "SeenClassesEvaluation",
     "PhaseProgressLogger",
     "curriculum_effectiveness",
     "effectiveness_f",

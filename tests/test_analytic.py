@@ -15,7 +15,7 @@ from resume_harness import run_full_and_resumed
 from torch import nn
 
 from neve.benchmarks import LabelledTensorDataset, class_balanced_subset, digits
-from neve.benchmarks.si_blurry import si_blurry_benchmark, si_blurry_split
+from neve.benchmarks.si_blurry import si_blurry_benchmark
 from neve.models import BufferLayer, IncrementalRidge
 from neve.models.ridge import add_lower_gram, symmetric_from_lower
 from neve.plugins.analytic import AnalyticHeadPlugin
@@ -106,32 +106,6 @@ def test_class_incremental_benchmark_and_woodbury_strategy(digit_features):
         train.targets.numpy(), 2.0,
     )
     assert rel_err(strategy.head.weight, ref) <= 1e-8
-
-
-def test_si_blurry_split_structure():
-    targets = torch.arange(20).repeat_interleave(30)
-    tasks, disjoint, blurry = si_blurry_split(targets, n_tasks=4, disjoint_class_ratio=0.5,
-                                              blurry_sample_ratio=0.2, seed=5)
-    flat = torch.cat(tasks)
-    assert sorted(flat.tolist()) == list(range(600))  # every sample exactly once
-    assert sum(map(len, disjoint)) == 10 and sum(map(len, blurry)) == 10
-    assert all(d or b for d, b in zip(disjoint, blurry, strict=True))
-    seen_in = {c: {t for t, idx in enumerate(tasks) if c in targets[idx].tolist()}
-               for c in range(20)}
-    for t, group in enumerate(disjoint):
-        for c in group:
-            assert seen_in[c] == {t}  # disjoint classes live in one task only
-    owner = {c: t for t, g in enumerate(blurry) for c in g}
-    moved = sum(int((targets[idx][:, None] == torch.tensor(
-        [c for c in owner if owner[c] != t])).any(1).sum()) for t, idx in enumerate(tasks))
-    assert moved > 0  # blurry samples left their class's task
-    assert moved <= int(0.2 * 300)
-    assert len({len(t) for t in tasks}) > 1  # uneven task sizes
-    again = si_blurry_split(targets, n_tasks=4, disjoint_class_ratio=0.5,
-                            blurry_sample_ratio=0.2, seed=5)[0]
-    assert all(torch.equal(a, b) for a, b in zip(tasks, again, strict=True))
-    with pytest.raises(ValueError, match="disjoint_class_ratio"):
-        si_blurry_split(targets, disjoint_class_ratio=1.5)
 
 
 def test_online_si_blurry_with_recurring_classes_equals_joint_ridge(digit_features):

@@ -42,7 +42,8 @@ def test_the_plugin_list_holds_every_kind():
     names = {c.__name__ for c in PLUGINS}
     assert {"SlowLearnerPlugin", "CurriculumEffectiveness", "PhaseProgressLogger",
             "ExactShardsPlugin"} <= names
-    assert len(names) == 9
+    assert {"SeenClassesEvaluation", "AnytimeAccuracy", "LastAccuracy"} <= names
+    assert len(names) == 12
 
 
 @pytest.mark.parametrize("plugin", PLUGINS, ids=lambda c: c.__name__)

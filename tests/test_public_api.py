@@ -11,9 +11,10 @@ PUBLIC = {
         "extract_features", "pretrained_backbone",
     ],
     "neve.plugins": [
-        "AnalyticHeadPlugin", "ClassGaussianStats", "ClassifierAlignmentPlugin",
+        "AnalyticHeadPlugin", "AnytimeAccuracy", "ClassGaussianStats", "ClassifierAlignmentPlugin",
         "CurriculumEffectiveness", "DDPPlugin", "ExactShardsPlugin", "GlobalBatchPlugin",
-        "SlowLearnerPlugin", "WholeEvaluationPlugin", "curriculum_effectiveness",
+        "LastAccuracy", "SeenClassesEvaluation", "SlowLearnerPlugin", "WholeEvaluationPlugin",
+        "curriculum_effectiveness",
         "effectiveness_f", "init_distributed", "maybe_load_checkpoint",
         "restore_submodule_attributes", "save_checkpoint",
     ],
@@ -24,8 +25,8 @@ PUBLIC = {
         "default_cache_dir", "digits", "disc_mask", "encode_episode", "encode_episodes",
         "episode_benchmark", "fashion_mnist", "instance_test_episodes", "make_corruption",
         "mean_confidence_interval", "occlusion_radius", "paired_conditions", "run_episodes",
-        "score_orders", "select_classes", "si_blurry_benchmark", "si_blurry_split",
-        "split_online",
+        "score_orders", "seen_classes_stream", "select_classes", "si_blurry_benchmark",
+        "si_blurry_split", "split_online",
     ],
     "neve.strategies": [
         "AnalyticCIL", "NearestPrototype", "RecentSetsBuffer", "SLCA", "episode_evaluator",
