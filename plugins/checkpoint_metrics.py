@@ -7,7 +7,8 @@ tensor, its counters as numbers), ``ExperienceForgetting`` / ``ExperienceBWT``
 and the experience ids) and ``StreamForgetting`` / ``StreamBWT`` (the same and
 the running mean of the stream's forgetting). Their inner accuracy meters are
 reset before each use, so they are not stored. A save happens between
-experiences, where these are all the state the metrics carry over.
+experiences, where these are all the state the metrics carry over. Loading
+converts a metric's whole state before it changes the metric.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ def _matrix_state(metric: AccuracyMatrixPluginMetric) -> dict:
 
 
 def _load_matrix_state(metric: AccuracyMatrixPluginMetric, state: dict) -> None:
-    metric.matrix = torch.as_tensor(state["matrix"]).clone()
-    metric.count, metric.online = int(state["count"]), bool(state["online"])
     steps = state["num_training_steps"]
-    metric.num_training_steps = None if steps is None else int(steps)
+    values = (torch.as_tensor(state["matrix"]).clone(), int(state["count"]),
+              bool(state["online"]), None if steps is None else int(steps))
+    metric.matrix, metric.count, metric.online, metric.num_training_steps = values
 
 
 def _experience_state(metric: ExperienceForgetting) -> dict:
@@ -44,11 +45,11 @@ def _experience_state(metric: ExperienceForgetting) -> dict:
 
 
 def _load_experience_state(metric: ExperienceForgetting, state: dict) -> None:
-    metric.forgetting.initial = {int(k): float(v) for k, v in state["initial"].items()}
-    metric.forgetting.last = {int(k): float(v) for k, v in state["last"].items()}
-    metric.eval_exp_id = int(state["eval_exp_id"])
-    train = state["train_exp_id"]
-    metric.train_exp_id = None if train is None else int(train)
+    initial = {int(k): float(v) for k, v in state["initial"].items()}
+    last = {int(k): float(v) for k, v in state["last"].items()}
+    train, evaluated = state["train_exp_id"], int(state["eval_exp_id"])
+    metric.forgetting.initial, metric.forgetting.last = initial, last
+    metric.eval_exp_id, metric.train_exp_id = evaluated, None if train is None else int(train)
 
 
 def _stream_state(metric: StreamForgetting) -> dict:
@@ -58,9 +59,9 @@ def _stream_state(metric: StreamForgetting) -> dict:
 
 
 def _load_stream_state(metric: StreamForgetting, state: dict) -> None:
+    summed, weight = float(state["stream_summed"]), float(state["stream_weight"])
     _load_experience_state(metric, state)
-    metric.stream_forgetting.summed = float(state["stream_summed"])
-    metric.stream_forgetting.weight = float(state["stream_weight"])
+    metric.stream_forgetting.summed, metric.stream_forgetting.weight = summed, weight
 
 
 register_state(AccuracyMatrixPluginMetric, _matrix_state, _load_matrix_state)
