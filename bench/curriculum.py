@@ -45,6 +45,7 @@ from neve.benchmarks.curriculum_score import (
 )
 from neve.benchmarks.curriculum_search import all_orders, rank_orders
 from neve.benchmarks.datasets import balanced_indices
+from neve.benchmarks.results import mean_and_spread
 from neve.models import extract_features, pretrained_backbone
 from neve.plugins import CurriculumEffectiveness, PhaseProgressLogger
 
@@ -196,13 +197,14 @@ def paper_experiment(per_class_train: int, per_class_test: int, seeds: int, devi
     test = _tensor_subset(test_full, classes, per_class_test, seed=1)
     t0 = time.perf_counter()
     f = np.zeros((len(orders), seeds))
-    alpha = np.zeros_like(f)
-    beta = np.zeros_like(f)
+    alpha, beta, f_mean, f_std = np.zeros_like(f), np.zeros_like(f), f[:, 0].copy(), f[:, 0].copy()
     for i, order in enumerate(orders):
-        for s in range(seeds):
-            alpha[i, s], beta[i, s], f[i, s] = run_order(order, train, test, seed=s, device=device)
+        spread = mean_and_spread([dict(zip(("alpha", "beta", "F"),
+                                           run_order(order, train, test, seed=s, device=device),
+                                           strict=True)) for s in range(seeds)])
+        alpha[i], beta[i], f[i] = (spread[k]["per_seed"] for k in ("alpha", "beta", "F"))
+        f_mean[i], f_std[i] = spread["F"]["mean"], spread["F"]["std"]
     elapsed = time.perf_counter() - t0
-    f_mean = f.mean(1)
     rho, p = spearmanr(cd_scores, f_mean)
     per_seed = [float(spearmanr(cd_scores, f[:, s])[0]) for s in range(seeds)]
     q = len(orders) // 4
@@ -228,7 +230,7 @@ def paper_experiment(per_class_train: int, per_class_test: int, seeds: int, devi
         "top_quartile_overlap_chance": q * q / n,
         "top_quartile_overlap_p_value": float(hypergeom.sf(overlap - 1, n, q, q)),
         "F_mean_range": [round(float(f_mean.min()), 4), round(float(f_mean.max()), 4)],
-        "F_seed_std_mean": round(float(f.std(1).mean()), 4),
+        "F_seed_std_mean": round(float(f_std.mean()), 4),
         "F_cd_best_order": round(float(f_mean[0]), 4),
         "F_cd_median_order": round(float(f_mean[n // 2]), 4),
         "F_cd_worst_order": round(float(f_mean[-1]), 4),

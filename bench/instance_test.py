@@ -54,6 +54,7 @@ from neve.benchmarks import (
     paired_conditions,
     run_episodes,
 )
+from neve.benchmarks.results import mean_and_spread
 from neve.models import meta_train_protonet, pretrain_convnet, pretrained_backbone
 from neve.strategies import NearestPrototype, paper_replay_settings, pretrain_tune, tune_network
 
@@ -121,14 +122,18 @@ def summarise(per_seed: list[dict]) -> dict:
                                             for s in per_seed)
                                         / sum(s["seconds"] for s in per_seed), 2),
            "conditions": {}}
+    spread = mean_and_spread([{c: float(np.mean(a)) for c, a in s["accuracies"].items()}
+                              for s in per_seed], ddof=1)
     for cond in per_seed[0]["accuracies"]:
         pooled = [a for s in per_seed for a in s["accuracies"][cond]]
-        seed_means = [float(np.mean(s["accuracies"][cond])) for s in per_seed]
+        seed_means = spread[cond]["per_seed"]
         m, h = mean_confidence_interval(pooled)
         sm, sh = mean_confidence_interval(seed_means)
+        std = spread[cond]["std"]
         out["conditions"][cond] = {"mean": round(m, 4), "ci95": round(h, 4),
                                    "seed_means": [round(x, 4) for x in seed_means],
-                                   "ci95_over_seeds": round(sh, 4)}
+                                   "ci95_over_seeds": round(sh, 4),
+                                   "std_over_seeds": None if std is None else round(std, 4)}
     return out
 
 

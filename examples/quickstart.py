@@ -5,7 +5,9 @@ ImageNet EfficientNet-Lite0 (cached on disk), and each continual learner is
 trained on the 1280-d features with Avalanche. The baseline is Avalanche's
 ``Naive`` on a linear head. Prints, for each method, the accuracy on each
 experience's test set after each training experience, and the final stream
-accuracy.
+accuracy. Writes each method's accuracy-matrix heatmap (PNG, SVG), its matrix
+and figures (JSON, CSV) and the methods' accuracy curves to
+``outputs/quickstart-<dataset>/`` (git-ignored; ``--outputs`` to change).
 
     python examples/quickstart.py                     # Fashion-MNIST
     python examples/quickstart.py --dataset digits    # seconds, for a check
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from avalanche.benchmarks import nc_benchmark
@@ -24,6 +27,12 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.supervised import Naive
 
 from neve.benchmarks import LabelledTensorDataset, digits, fashion_mnist
+from neve.benchmarks.results import (
+    accuracy_matrix_of,
+    export_results,
+    save_accuracy_curves,
+    save_accuracy_heatmap,
+)
 from neve.models import PretrainedClassifier, extract_features, pretrained_backbone
 from neve.plugins import ClassifierAlignmentPlugin, PhaseProgressLogger
 from neve.strategies import SLCA, AnalyticCIL
@@ -93,24 +102,42 @@ def slca(feature_dim: int, num_classes: int, args, evaluator):
 
 
 METHODS: dict[str, Callable] = {"naive": naive_linear, "analytic": analytic, "slca": slca}
+OUTPUTS = Path(__file__).resolve().parents[1] / "outputs"
 
 
-def run(method: str, bm, feature_dim: int, args) -> list[list[float]]:
-    """Train ``method`` on the stream; row i = accuracy on each experience after training i."""
+def run(method: str, bm, feature_dim: int, args) -> list[dict]:
+    """Train ``method`` on the stream; the results of ``eval`` after each training experience."""
     RNGManager.set_random_seeds(args.seed)
     evaluator = EvaluationPlugin(
         accuracy_metrics(experience=True, stream=True), loggers=[PhaseProgressLogger()]
     )
     strategy = METHODS[method](feature_dim, bm.n_classes, args, evaluator)
-    table = []
     print(f"== {method}: " + ", ".join(str(e.classes_in_this_experience) for e in bm.train_stream))
+    results = []
     for exp in bm.train_stream:
         strategy.train(exp)
-        res = strategy.eval(bm.test_stream)
-        row = [res[f"Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp{j:03d}"] for j in range(5)]
-        row.append(res["Top1_Acc_Stream/eval_phase/test_stream/Task000"])
-        table.append(row)
-    return table
+        results.append(strategy.eval(bm.test_stream))
+    return results
+
+
+def table_of(results: list[dict]) -> list[list[float]]:
+    """Row i: the accuracy on each experience after training i, then the stream accuracy."""
+    return [[*accuracy_matrix_of([res])[0],
+             res["Top1_Acc_Stream/eval_phase/test_stream/Task000"]] for res in results]
+
+
+def write_outputs(runs: dict[str, list[dict]], bm, folder: Path) -> Path:
+    """Each method's heatmap (PNG, SVG) and matrix with its figures (JSON, CSV), and the
+    methods' accuracy curves, in ``folder``; figures over experiences weighted by test sizes."""
+    labels = [",".join(map(str, sorted(e.classes_in_this_experience))) for e in bm.train_stream]
+    sizes = [len(e.dataset) for e in bm.test_stream]
+    matrices = {m: accuracy_matrix_of(results) for m, results in runs.items()}
+    for method, acc in matrices.items():
+        title = f"{method}: test accuracy (%), classes of each experience"
+        save_accuracy_heatmap(acc, folder / f"{method}_accuracy", labels, title)
+        export_results(acc, folder / method, sizes, labels)
+    save_accuracy_curves({m: [acc] for m, acc in matrices.items()}, folder / "curves", labels)
+    return folder
 
 
 def print_table(method: str, table: list[list[float]]) -> None:
@@ -133,15 +160,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS)
     )
+    parser.add_argument("--outputs", type=Path, default=None,
+                        help="folder of the figures (default: outputs/quickstart-<dataset>)")
     args = parser.parse_args(argv)
     if args.epochs is None:
         args.epochs = 1 if args.dataset == "fashion_mnist" else 20
     bm, feature_dim = feature_benchmark(args.dataset, args.device, args.seed, args.input_size)
     final = {}
-    tables = {m: run(m, bm, feature_dim, args) for m in args.methods}
-    for m, table in tables.items():
+    runs = {m: run(m, bm, feature_dim, args) for m in args.methods}
+    for m, results in runs.items():
+        table = table_of(results)
         print_table(m, table)
         final[m] = table[-1][5]
+    folder = write_outputs(runs, bm, args.outputs or OUTPUTS / f"quickstart-{args.dataset}")
+    print(f"\nheatmaps, tables and curves in {folder}/ (<method>_accuracy.png/.svg, "
+          "<method>.json/_matrix.csv/_figures.csv, curves.png/.svg)")
     print("\nfinal stream accuracy: " + ", ".join(f"{m} {100 * a:.1f}%" for m, a in final.items()))
     return final
 

@@ -22,6 +22,12 @@ import numbers
 
 import numpy as np
 
+from ..models.accuracy_matrix import (
+    check_accuracy_matrix,
+    forgetting_per_experience,
+    last_accuracy,
+)
+
 
 def _real(value, name: str, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -63,7 +69,9 @@ def curriculum_effectiveness(accuracy: np.ndarray) -> tuple[float, float, float]
 
     Returns:
         ``alpha`` = mean of the last row (NaNs ignored), ``beta`` =
-        ``accuracy[0, 0] - accuracy[-1, 0]``, and ``F``.
+        ``accuracy[0, 0] - accuracy[-1, 0]``, and ``F``: alpha is the last accuracy
+        and beta the forgetting of experience 0 (reference: right after learning
+        it) of :mod:`neve.models.accuracy_matrix`.
 
     Raises:
         TypeError: ``accuracy`` is not numeric.
@@ -71,20 +79,9 @@ def curriculum_effectiveness(accuracy: np.ndarray) -> tuple[float, float, float]
             percentages) or infinite, or ``accuracy[0, 0]``, ``accuracy[-1, 0]``
             or the whole last row NaN.
     """
-    try:
-        acc = np.asarray(accuracy, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"accuracy must be a numeric [T, E] matrix, got {accuracy!r}") from err
-    if acc.ndim != 2 or acc.shape[0] < 1 or acc.shape[1] < 1:
-        raise ValueError(f"accuracy must be a non-empty [T, E] matrix, got shape {acc.shape}")
-    measured = acc[~np.isnan(acc)]
-    if measured.size and not ((measured >= 0.0) & (measured <= 1.0)).all():
-        raise ValueError(
-            "accuracy must hold fractions in [0, 1] (NaN where not measured), got values in "
-            f"[{measured.min():g}, {measured.max():g}]; divide percentages by 100"
-        )
+    acc = check_accuracy_matrix(accuracy)
     if np.isnan(acc[0, 0]) or np.isnan(acc[-1, 0]) or np.all(np.isnan(acc[-1])):
         raise ValueError("accuracy[0, 0], accuracy[-1, 0] and the last row must be measured")
-    alpha = float(np.nanmean(acc[-1]))
-    beta = float(acc[0, 0] - acc[-1, 0])
+    alpha = last_accuracy(acc)
+    beta = float(forgetting_per_experience(acc, reference="first")[0])
     return alpha, beta, effectiveness_f(alpha, beta)

@@ -11,7 +11,6 @@ experience, beside Avalanche's own metrics in an ``EvaluationPlugin``.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -19,8 +18,10 @@ from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
 from avalanche.training.supervised import JointTraining
 
+from ..models.accuracy_matrix import accuracy_matrix_from_rows, last_accuracy
 from ..models.core.distributed import default_reduction
 from .curriculum_f import curriculum_effectiveness, effectiveness_f
+from .curriculum_state import parse_curriculum_state
 
 __all__ = ["CurriculumEffectiveness", "curriculum_effectiveness", "effectiveness_f"]
 
@@ -153,29 +154,30 @@ class CurriculumEffectiveness(PluginMetric[dict]):
             self._correct[k], self._total[k] = correct, total
 
     def _record(self, per_stream: dict[str, dict[int, float]], strategy):
-        """Store the accuracies as row ``trained_upto``; alpha, beta, F as MetricValues."""
-        values = []
+        """Store the accuracies as row ``trained_upto``; alpha, beta, F as MetricValues.
+
+        Alpha and beta are those of the matrix whose last row is this one (columns of the
+        experiences trained so far) and whose ``[0, 0]`` is the accuracy on experience 0
+        right after it was learned (:func:`curriculum_effectiveness`).
+        """
+        values, t = [], self.trained_upto
         x = strategy.clock.train_iterations
         for stream, accs in per_stream.items():
-            self.rows.setdefault(stream, {})[self.trained_upto] = accs
+            self.rows.setdefault(stream, {})[t] = accs
             if 0 not in accs:
                 continue
-            if self.trained_upto == 0:
+            if t == 0:
                 self.first_after_learning[stream] = accs[0]
-            seen = [accs[j] for j in range(self.trained_upto + 1) if j in accs]
-            alpha = float(np.mean(seen))
-            values.append(
-                MetricValue(self, f"CurriculumAlpha/eval_phase/{stream}_stream", alpha, x)
-            )
+            acc = accuracy_matrix_from_rows({t: accs}, (t + 1, t + 1))
+            acc[0, 0] = self.first_after_learning.get(stream, np.nan)
+            name = f"eval_phase/{stream}_stream"
+            values.append(MetricValue(self, f"CurriculumAlpha/{name}", last_accuracy(acc), x))
             if stream not in self.first_after_learning:
                 self._warn_missing_first(stream)
                 continue
-            beta = self.first_after_learning[stream] - accs[0]
-            f = effectiveness_f(alpha, beta)
-            values += [
-                MetricValue(self, f"CurriculumBeta/eval_phase/{stream}_stream", beta, x),
-                MetricValue(self, f"CurriculumF/eval_phase/{stream}_stream", f, x),
-            ]
+            _, beta, f = curriculum_effectiveness(acc)
+            values += [MetricValue(self, f"CurriculumBeta/{name}", beta, x),
+                       MetricValue(self, f"CurriculumF/{name}", f, x)]
         return values or None
 
     def _warn_missing_first(self, stream: str) -> None:
@@ -192,19 +194,12 @@ class CurriculumEffectiveness(PluginMetric[dict]):
         )
 
     def accuracy_matrix(self, stream: str = "test") -> np.ndarray:
-        """``[T, E]`` accuracies measured on ``stream`` (NaN where not evaluated)."""
+        """``[T, E]`` accuracies measured on ``stream`` (NaN where not evaluated): the input of
+        every figure of :mod:`neve.models.accuracy_matrix`."""
         if not isinstance(stream, str):
             raise TypeError(f"stream must be a stream name (str), got {stream!r}")
         rows = self.rows.get(stream, {})
-        if not rows:
-            return np.zeros((0, 0))
-        t = max(rows) + 1
-        e = max(max(r) for r in rows.values() if r) + 1
-        acc = np.full((t, e), np.nan)
-        for i, r in rows.items():
-            for j, a in r.items():
-                acc[i, j] = a
-        return acc
+        return accuracy_matrix_from_rows(rows) if rows else np.zeros((0, 0))
 
     # -- state
     def state_dict(self) -> dict:
@@ -216,29 +211,7 @@ class CurriculumEffectiveness(PluginMetric[dict]):
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`'s output; checked whole before anything changes."""
-        if not isinstance(state, Mapping) or not {
-            "trained_upto",
-            "first_after_learning",
-            "rows",
-        } <= set(state):
-            raise ValueError(
-                "state must be a CurriculumEffectiveness.state_dict() mapping with "
-                "trained_upto, first_after_learning and rows"
-            )
-        trained_upto = _index(state["trained_upto"], "trained_upto", minimum=-1)
-        first = {
-            _name(s, "first_after_learning"): _fraction(a, "first_after_learning")
-            for s, a in _items(state["first_after_learning"], "first_after_learning")
-        }
-        rows = {
-            _name(s, "rows"): {
-                _index(i, "rows"): {
-                    _index(j, "rows"): _fraction(a, "rows") for j, a in _items(r, "rows")
-                }
-                for i, r in _items(srows, "rows")
-            }
-            for s, srows in _items(state["rows"], "rows")
-        }
+        trained_upto, first, rows = parse_curriculum_state(state)
         self.trained_upto, self.first_after_learning, self.rows = trained_upto, first, rows
         self._in_experience, self._pending = False, None
         self.reset()
@@ -246,28 +219,3 @@ class CurriculumEffectiveness(PluginMetric[dict]):
     def __str__(self) -> str:
         return "CurriculumEffectiveness"
 
-
-def _items(mapping, name: str):
-    if not isinstance(mapping, Mapping):
-        raise ValueError(f"state's {name} must be a mapping, got {type(mapping).__name__}")
-    return mapping.items()
-
-
-def _name(value, name: str) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"state's {name} must be keyed by stream names, got {value!r}")
-    return value
-
-
-def _index(value, name: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"state's {name} must hold integers >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _fraction(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
-        raise ValueError(f"state's {name} must hold accuracies in [0, 1], got {value!r}")
-    if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"state's {name} must hold accuracies in [0, 1], got {value!r}")
-    return float(value)

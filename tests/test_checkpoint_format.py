@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 import torch
 from avalanche.benchmarks import nc_benchmark
-from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics
+from avalanche.evaluation.metrics import (
+    AccuracyMatrixPluginMetric,
+    StreamConfusionMatrix,
+    accuracy_metrics,
+    bwt_metrics,
+    forgetting_metrics,
+)
 from avalanche.models import IncrementalClassifier
 from avalanche.training.plugins import EvaluationPlugin, EWCPlugin, ReplayPlugin
 from avalanche.training.supervised import Naive
@@ -154,12 +160,13 @@ def test_slow_learner_groups_and_metric_state_survive(bm, tmp_path):
     assert d.evaluator.all_metric_results == c.evaluator.all_metric_results
 
 
-@pytest.mark.parametrize("what", ["replay", "ewc", "forgetting"])
+@pytest.mark.parametrize("what", ["replay", "ewc", "confusion matrix"])
 def test_state_that_cannot_be_represented_is_refused_at_save(bm, tmp_path, what):
-    if what == "forgetting":
+    if what == "confusion matrix":  # an Avalanche metric with state and no adapter
         s = naive(evaluator=quiet_evaluator(accuracy_metrics(stream=True),
-                                            forgetting_metrics(experience=True)))
-        name = "ExperienceForgetting"
+                                            StreamConfusionMatrix(num_classes=10,
+                                                                  save_image=False)))
+        name = "StreamConfusionMatrix"
     else:
         plugin = ReplayPlugin(mem_size=20) if what == "replay" else EWCPlugin(ewc_lambda=1.0)
         s = naive(plugins=[plugin])
@@ -169,6 +176,33 @@ def test_state_that_cannot_be_represented_is_refused_at_save(bm, tmp_path, what)
         save_checkpoint(s, tmp_path / "x.ckpt")
     assert "format='pickle'" in str(info.value)
     assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_accuracy_matrix_forgetting_and_bwt_metrics_are_saved_and_loaded(bm, tmp_path):
+    """Once refused like the confusion matrix; now their state is plain data in the file."""
+    def metrics():
+        return quiet_evaluator(accuracy_metrics(stream=True, experience=True),
+                               AccuracyMatrixPluginMetric(),
+                               forgetting_metrics(experience=True, stream=True),
+                               bwt_metrics(experience=True, stream=True))
+
+    s = trained(naive(evaluator=metrics()), bm, 2)
+    save_checkpoint(s, tmp_path / "f.ckpt")
+    assert isinstance(torch.load(tmp_path / "f.ckpt", weights_only=True), dict)
+    r, start = maybe_load_checkpoint(naive(evaluator=metrics()), tmp_path / "f.ckpt")
+    assert start == 2
+    for a, b in zip(s.evaluator.metrics, r.evaluator.metrics, strict=True):
+        assert type(a) is type(b)
+        if isinstance(a, AccuracyMatrixPluginMetric):
+            assert torch.equal(a.matrix, b.matrix) and a.matrix is not b.matrix
+            assert b.num_training_steps == a.num_training_steps == 1
+        elif hasattr(a, "forgetting"):
+            assert b.forgetting.initial == a.forgetting.initial != {}
+            assert b.forgetting.last == a.forgetting.last
+            assert b.train_exp_id == a.train_exp_id == 1
+    stream = [m for m in r.evaluator.metrics if type(m).__name__ == "StreamForgetting"][0]
+    assert stream.result() == [m for m in s.evaluator.metrics
+                               if type(m).__name__ == "StreamForgetting"][0].result()
 
 
 def test_pickle_format_stays_available_as_an_explicit_opt_in(bm, tmp_path):
