@@ -1,12 +1,11 @@
 """The feature cache's entries: what they were made from, and a check of every file read.
 
-An entry is a ``torch.save`` of ``{"format": "neve.features", "version": 1, "made_from":
-{...}, "sha256": <hex>, "payload": <uint8 tensor>}``; ``payload`` holds the bytes of a
-``torch.save`` of ``{"features", "targets"}`` and ``sha256`` their SHA-256. ``made_from``
+An entry is ``MAGIC``, the SHA-256 of the rest, then a ``torch.save`` (loaded with
+``weights_only=True``: reading never runs code from the file) of ``{"format", "version",
+"made_from", "features", "targets"}``. ``made_from``
 records the encoder's identity (class, ``repr`` and a hash of every parameter's and
 buffer's name, shape, dtype and value), the preprocessing's identity, the dataset's
-fingerprint over all its items, and the shapes and dtypes of what is stored. Both levels
-load with ``weights_only=True`` (reading never runs code from the file). An entry is
+fingerprint over all its items, and the shapes and dtypes of what is stored. An entry is
 returned only when its header, its hash, its ``made_from`` and its tensors are exactly
 what the request expects; anything else (empty, truncated, flipped bytes, another
 request's file under this name) is reported as damaged and recomputed.
@@ -36,6 +35,7 @@ from .atomic_file import write_atomically
 
 FORMAT = "neve.features"
 VERSION = 1
+MAGIC = b"neve.features/1\n"  # then the SHA-256 (32 bytes) of the rest, a torch.save
 _CHUNK = 1 << 24  # bytes hashed at a time
 
 
@@ -131,15 +131,11 @@ def dataset_fingerprint(dataset: Dataset) -> str:
 
 def entry_bytes(made_from: dict, features: torch.Tensor, targets: torch.Tensor) -> bytes:
     """The bytes of a cache entry (see the module docstring)."""
-    inner = io.BytesIO()
-    torch.save({"features": features, "targets": targets}, inner)
-    blob = inner.getvalue()
-    outer = {"format": FORMAT, "version": VERSION, "made_from": made_from,
-             "sha256": hashlib.sha256(blob).hexdigest(),
-             "payload": torch.frombuffer(bytearray(blob), dtype=torch.uint8)}
-    whole = io.BytesIO()
-    torch.save(outer, whole)
-    return whole.getvalue()
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "version": VERSION, "made_from": made_from,
+                "features": features, "targets": targets}, buffer)
+    body = buffer.getvalue()
+    return MAGIC + hashlib.sha256(body).digest() + body
 
 
 def stored_shapes(n: int, dim: int) -> dict:
@@ -148,35 +144,30 @@ def stored_shapes(n: int, dim: int) -> dict:
 
 
 def read_entry(path: Path, made_from: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``(features, targets)`` of the entry at ``path``, when it is whole and made from
-    exactly ``made_from`` (whose ``"stored"`` gives the feature size, or None for any).
+    """The ``(features, targets)`` of the entry at ``path``, when it is whole (every byte
+    under its SHA-256) and made from exactly ``made_from`` (its ``"stored"`` aside).
 
     Raises:
         ValueError: saying what is wrong (not a neve entry, its hash, another request's).
     """
+    raw = path.read_bytes()
+    head, digest, body = raw[:len(MAGIC)], raw[len(MAGIC):len(MAGIC) + 32], raw[len(MAGIC) + 32:]
+    if head != MAGIC:
+        raise ValueError("not a neve feature-cache entry of this version")
+    if hashlib.sha256(body).digest() != digest:
+        raise ValueError("its SHA-256 does not match its contents")
     try:
-        outer = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
+        entry = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 -- every reader failure means the same
         raise ValueError(f"{type(error).__name__} while reading it") from error
-    if not (isinstance(outer, dict) and outer.get("format") == FORMAT
-            and outer.get("version") == VERSION):
+    if not (isinstance(entry, dict) and entry.get("format") == FORMAT
+            and entry.get("version") == VERSION and isinstance(entry.get("made_from"), dict)):
         raise ValueError("not a neve feature-cache entry of this version")
-    blob = outer.get("payload")
-    if not (isinstance(blob, torch.Tensor) and blob.dtype == torch.uint8 and blob.dim() == 1):
-        raise ValueError("no payload")
-    data = blob.numpy().tobytes()
-    if hashlib.sha256(data).hexdigest() != outer.get("sha256"):
-        raise ValueError("its SHA-256 does not match its contents")
-    stored = outer.get("made_from")
-    if not isinstance(stored, dict) or {k: v for k, v in stored.items() if k != "stored"} != \
+    stored = entry["made_from"]
+    if {k: v for k, v in stored.items() if k != "stored"} != \
             {k: v for k, v in made_from.items() if k != "stored"}:
         raise ValueError("it was made from another encoder, preprocessing or dataset")
-    try:
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001
-        raise ValueError(f"{type(error).__name__} while reading its payload") from error
-    features, targets = (payload.get(k) if isinstance(payload, dict) else None
-                         for k in ("features", "targets"))
+    features, targets = entry.get("features"), entry.get("targets")
     if not (isinstance(features, torch.Tensor) and isinstance(targets, torch.Tensor)
             and features.dim() == 2 and stored.get("stored") == stored_shapes(*features.shape)
             and [*targets.shape, str(targets.dtype)] == stored["stored"]["targets"]

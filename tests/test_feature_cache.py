@@ -301,3 +301,41 @@ def test_a_full_disk_during_save_checkpoint_names_the_path_and_the_cause(tmp_pat
         save_checkpoint(strategy, path)
     assert str(path) in str(info.value) and "no space" in str(info.value)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["run.ckpt"]
+
+
+# -- byte-level damage, drawn at random -------------------------------------------------------
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_entry(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("entry")
+    enc, ds = Tiny(), data(0)
+    cached(enc, ds, folder)
+    entry = only_entry(folder)
+    return entry, entry.read_bytes(), fresh(enc, ds)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.floats(0.0, 1.0, exclude_max=True), flips=st.lists(
+    st.tuples(st.floats(0.0, 1.0, exclude_max=True), st.integers(1, 255)), max_size=3),
+    truncate=st.booleans())
+def test_random_truncations_and_byte_flips_are_never_returned(one_entry, cut, flips, truncate):
+    entry, raw, expected = one_entry
+    damaged = bytearray(raw[: int(len(raw) * cut)] if truncate else raw)
+    for where, mask in flips:
+        if damaged:
+            damaged[int(len(damaged) * where)] ^= mask
+    if bytes(damaged) == raw:
+        return
+    entry.write_bytes(bytes(damaged))
+    enc = Tiny()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        features, targets = cached(enc, data(0), entry.parent)
+    assert torch.equal(features, expected[0]) and torch.equal(targets, expected[1])
+    assert enc.calls > 0 and any(str(entry) in str(w.message) for w in caught)
+    assert entry.read_bytes() != bytes(damaged)  # repaired
