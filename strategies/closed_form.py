@@ -168,8 +168,12 @@ class ClosedFormStrategy(SupervisedTemplate):
                 f"experiences: experience {getattr(experience, 'current_experience', '?')} has "
                 f"no training samples: {type(self).__name__} learns nothing from it; leave it "
                 "out of the stream")
-        check_experience_data(experience.dataset, self.train_mb_size, max_classes=self.label_cap[0],
-                              cap=self.label_cap[1])
+        try:
+            check_experience_data(experience.dataset, self.train_mb_size,
+                                  max_classes=self.label_cap[0], cap=self.label_cap[1])
+        except (TypeError, ValueError) as error:
+            where = getattr(experience, "current_experience", "?")
+            raise type(error)(f"experiences: experience {where}: {error}") from error
 
     @property
     def label_cap(self) -> tuple[int, str]:

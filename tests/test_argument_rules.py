@@ -17,7 +17,6 @@ import neve.benchmarks as B
 import neve.models as M
 import neve.strategies as S
 from neve.benchmarks import LabelledTensorDataset
-from neve.benchmarks.instance import episode_benchmark
 
 DATA = LabelledTensorDataset(torch.rand(40, 1, 8, 8), torch.arange(40) % 4)
 NAN = torch.rand(8, 1, 4, 4)
@@ -48,12 +47,6 @@ ARGUMENTS = {  # name -> (call, argument it must name)
     "encode(device=no GPU)": (lambda: M.encode(torch.nn.Identity(), torch.rand(4, 3),
                                                device=CUDA), "device"),
     "encode(NaN images)": (lambda: M.encode(torch.nn.Identity(), NAN), "images"),
-    "episode_benchmark(NaN support_x)": (
-        lambda: episode_benchmark(NAN, torch.arange(8), NAN.nan_to_num(), torch.arange(8), 2),
-        "support_x"),
-    "episode_benchmark(NaN query_x)": (
-        lambda: episode_benchmark(NAN.nan_to_num(), torch.arange(8), NAN, torch.arange(8), 2),
-        "query_x"),
     "instance_test_episodes(inf images)": (
         lambda: next(iter(B.instance_test_episodes(_nan_dataset(), 1, 4, 2))), "dataset"),
     "cfsl_episodes(inf images)": (
