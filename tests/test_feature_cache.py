@@ -339,3 +339,18 @@ def test_random_truncations_and_byte_flips_are_never_returned(one_entry, cut, fl
     assert torch.equal(features, expected[0]) and torch.equal(targets, expected[1])
     assert enc.calls > 0 and any(str(entry) in str(w.message) for w in caught)
     assert entry.read_bytes() != bytes(damaged)  # repaired
+
+
+def test_a_damaged_cached_convnet_is_trained_again_with_a_warning(tmp_path):
+    from neve.models import pretrain_convnet
+
+    ds = LabelledTensorDataset(torch.rand(24, 1, 8, 8), torch.arange(24) % 3)
+    settings = dict(stages=2, filters=4, epochs=1, per_class=None, cache_dir=tmp_path)
+    first = pretrain_convnet(ds, **settings)
+    (entry,) = tmp_path.rglob("*.pt")
+    entry.write_bytes(entry.read_bytes()[:100])
+    with pytest.warns(RuntimeWarning, match=str(entry)):
+        second = pretrain_convnet(ds, **settings)
+    for key, value in first.state_dict().items():
+        assert torch.equal(value, second.state_dict()[key]), key  # the same seeded training
+    assert [p.name for p in entry.parent.iterdir()] == [entry.name]
