@@ -47,7 +47,7 @@ def trained_parameters(extractor: object, optimizer: object) -> list[nn.Paramete
 @torch.no_grad()
 def check_experience_data(dataset: Dataset, batch_size: int, *, max_classes: int,
                           values: bool = True, dtype: torch.dtype | None = None,
-                          skip: str = "", cap: str = "max_classes") -> None:
+                          skip: str = "", cap: str = "max_classes", finite: bool = True) -> None:
     """Refuse an experience's data before anything learns from it (one pass, no gradients).
 
     Always: a non-empty dataset whose labels (``dataset.targets``; neve's one rule:
@@ -55,7 +55,8 @@ def check_experience_data(dataset: Dataset, batch_size: int, *, max_classes: int
     data in order, with its own generator (the global random state is untouched):
     the labels its items give must be ``dataset.targets``; floating-point inputs
     must be finite and, when ``dtype`` is given, of that dtype (the model's). ``cap``:
-    the argument that set ``max_classes``, for the messages.
+    the argument that set ``max_classes``, for the messages; ``finite=False`` leaves the inputs'
+    values to the learner (labels and dtypes are still checked).
 
     Raises:
         ValueError, TypeError: naming the labels, inputs or features and the first bad items.
@@ -80,7 +81,7 @@ def check_experience_data(dataset: Dataset, batch_size: int, *, max_classes: int
             if dtype is not None and x.dtype != dtype:
                 raise TypeError(f"the experience's inputs are {x.dtype}, the model computes in "
                                 f"{dtype}: convert the data or the model")
-            if not bool(torch.isfinite(x).all()):
+            if finite and not bool(torch.isfinite(x).all()):
                 how = f", or pass {skip} to skip this check" if skip else ""
                 raise ValueError(f"the experience's inputs contain NaN or inf {where}; nothing "
                                  f"was learned. Clean the data{how}")

@@ -159,9 +159,8 @@ class ClosedFormStrategy(SupervisedTemplate):
         """Refuse an experience before any training (a ValueError naming what is wrong).
 
         The skeleton's check refuses an experience without training samples, and one
-        whose items' labels disagree with its ``.targets``, reach :attr:`label_cap`, or
-        whose floating-point inputs hold NaN or inf (one pass over the data, see
-        :func:`~neve.plugins.experience_data.check_experience_data`).
+        whose items' labels disagree with its ``.targets`` or reach :attr:`label_cap` (one
+        pass over the data, see :func:`~neve.plugins.experience_data.check_experience_data`).
         """
         if len(experience.dataset) == 0:
             raise ValueError(
@@ -170,7 +169,8 @@ class ClosedFormStrategy(SupervisedTemplate):
                 "out of the stream")
         try:
             check_experience_data(experience.dataset, self.train_mb_size,
-                                  max_classes=self.label_cap[0], cap=self.label_cap[1])
+                                  max_classes=self.label_cap[0], cap=self.label_cap[1],
+                                  finite=False)  # absorb refuses NaN, on every process
         except (TypeError, ValueError) as error:
             where = getattr(experience, "current_experience", "?")
             raise type(error)(f"experiences: experience {where}: {error}") from error
