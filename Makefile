@@ -45,3 +45,15 @@ bench: install data
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+# Mutation testing of the math modules (mutmut 3, `pip install -e .[dev]`), on demand, not in CI:
+# a copy laid out as src/neve/... so that mutmut's mutants import as neve.*; see [mutmut] in
+# setup.cfg for the modules and tests. Survivors: `cd .mutation && mutmut results`.
+MUTATION := .mutation
+.PHONY: mutation
+mutation: install
+	$(PY) -m pip install -q -e .[dev]
+	rm -rf $(MUTATION) && mkdir -p $(MUTATION)/src/neve
+	cp -r models plugins strategies benchmarks $(MUTATION)/src/neve/
+	cp -r tests setup.cfg pyproject.toml $(MUTATION)/
+	cd $(MUTATION) && $(abspath $(PY)) -m mutmut run; $(abspath $(PY)) -m mutmut results

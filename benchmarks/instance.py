@@ -61,7 +61,19 @@ def _indices_by_class(dataset: Dataset) -> dict[int, np.ndarray]:
 
 
 def _stack_images(dataset: Dataset, indices: Sequence[int]) -> torch.Tensor:
-    return torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in indices])
+    images = torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in indices])
+    _check_finite_images(images, "dataset", [int(i) for i in indices])
+    return images
+
+
+def _check_finite_images(images: torch.Tensor, name: str, indices: Sequence[int]) -> None:
+    """Refuse floating-point images with NaN or inf, naming the argument and the items."""
+    if images.is_floating_point() and images.numel():
+        bad = ~torch.isfinite(images.reshape(len(images), -1)).all(1)
+        if bool(bad.any()):
+            items = [indices[i] for i in bad.nonzero().flatten().tolist()[:5]]
+            raise ValueError(f"{name} has images with NaN or inf values (items {items}): an "
+                             "episode of them would give meaningless accuracies; clean them first")
 
 
 def episode_benchmark(

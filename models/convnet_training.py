@@ -20,7 +20,9 @@ dataset), so a second call loads them instead of training again.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .atomic_file import write_atomically
 from .convnets import ConvNet
 from .core.checks import check_int, check_labelled, check_number, check_seed
 from .features import dataset_fingerprint, default_cache_dir
@@ -85,18 +88,30 @@ def _cache_file(kind: str, settings: dict, dataset: Dataset, cache_dir) -> Path:
 
 
 def _load_or_train(path: Path, net: ConvNet, train, cache: bool) -> ConvNet:
+    """The cached net at ``path`` when it loads whole; else trained (and cached).
+
+    A file that does not load into ``net`` (damaged, another net's) is trained again, with
+    a warning naming it; a folder that cannot be written warns and keeps the trained net.
+    """
     if cache and path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        net.load_state_dict(state["weights"])
-        net.training_losses = list(state["losses"])
-        return net.eval()
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            net.load_state_dict(state["weights"])
+            net.training_losses = [float(v) for v in state["losses"]]
+            return net.eval()
+        except Exception as why:  # noqa: BLE001 -- every failure means: train again
+            warnings.warn(f"cached network {path} does not load ({type(why).__name__}: {why}); "
+                          "training it again", RuntimeWarning, stacklevel=3)
     losses = train()
     net.training_losses = losses
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        torch.save({"weights": net.state_dict(), "losses": losses}, partial)
-        partial.replace(path)
+        buffer = io.BytesIO()
+        torch.save({"weights": net.state_dict(), "losses": losses}, buffer)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, lambda file: file.write(buffer.getbuffer()))
+        except OSError as error:
+            warnings.warn(f"trained network not cached ({error})", RuntimeWarning, stacklevel=3)
     return net.eval()
 
 

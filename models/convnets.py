@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .core.checks import check_bool, check_int
+from .core.checks import check_bool, check_int, check_seed
 
 
 class ConvNet(nn.Module):
@@ -113,11 +113,12 @@ class TunedNetwork(nn.Module):
             if feature_dim is None:
                 raise ValueError("feature_dim must be given when body has no .feature_dim")
         feature_dim = check_int(feature_dim, "feature_dim", minimum=1)
+        head_seed = check_seed(head_seed, "head_seed")
         self.freeze_norm_stats = check_bool(freeze_norm_stats, "freeze_norm_stats")
         self.body = body
         self.head = nn.Linear(feature_dim, num_classes)
         bound = 1.0 / feature_dim**0.5
-        gen = torch.Generator().manual_seed(check_int(head_seed, "head_seed", minimum=0))
+        gen = torch.Generator().manual_seed(head_seed)
         with torch.no_grad():
             self.head.weight.copy_(torch.rand(self.head.weight.shape, generator=gen) * 2 * bound
                                    - bound)

@@ -47,14 +47,16 @@ def trained_parameters(extractor: object, optimizer: object) -> list[nn.Paramete
 @torch.no_grad()
 def check_experience_data(dataset: Dataset, batch_size: int, *, max_classes: int,
                           values: bool = True, dtype: torch.dtype | None = None,
-                          skip: str = "") -> None:
+                          skip: str = "", cap: str = "max_classes", finite: bool = True) -> None:
     """Refuse an experience's data before anything learns from it (one pass, no gradients).
 
     Always: a non-empty dataset whose labels (``dataset.targets``; neve's one rule:
     integers ``>= 0``) are below ``max_classes``. With ``values``, one pass over the
     data in order, with its own generator (the global random state is untouched):
     the labels its items give must be ``dataset.targets``; floating-point inputs
-    must be finite and, when ``dtype`` is given, of that dtype (the model's).
+    must be finite and, when ``dtype`` is given, of that dtype (the model's). ``cap``:
+    the argument that set ``max_classes``, for the messages; ``finite=False`` leaves the inputs'
+    values to the learner (labels and dtypes are still checked).
 
     Raises:
         ValueError, TypeError: naming the labels, inputs or features and the first bad items.
@@ -64,13 +66,13 @@ def check_experience_data(dataset: Dataset, batch_size: int, *, max_classes: int
     targets = getattr(dataset, "targets", None)
     if targets is not None:
         targets = check_labels(targets, "the experience's targets (labels)", below=max_classes,
-                               cap="max_classes")
+                               cap=cap)
     if not values:
         return
     seen = 0
     for batch in DataLoader(dataset, batch_size=batch_size, generator=torch.Generator()):
         x, y = batch[0], check_labels(batch[1], "the experience's item labels",
-                                      below=max_classes, cap="max_classes")
+                                      below=max_classes, cap=cap)
         where = f"(items {seen}-{seen + len(y) - 1} of {len(dataset)})"
         if targets is not None and not torch.equal(y, targets[seen:seen + len(y)]):
             raise ValueError(f"the experience's targets (labels) disagree with the labels its "
@@ -79,7 +81,8 @@ def check_experience_data(dataset: Dataset, batch_size: int, *, max_classes: int
             if dtype is not None and x.dtype != dtype:
                 raise TypeError(f"the experience's inputs are {x.dtype}, the model computes in "
                                 f"{dtype}: convert the data or the model")
-            if not bool(torch.isfinite(x).all()):
+            if finite and not bool(torch.isfinite(x).all()):
+                how = f", or pass {skip} to skip this check" if skip else ""
                 raise ValueError(f"the experience's inputs contain NaN or inf {where}; nothing "
-                                 f"was learned. Clean the data, or pass {skip} to skip this check")
+                                 f"was learned. Clean the data{how}")
         seen += len(y)

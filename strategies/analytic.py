@@ -123,6 +123,10 @@ class AnalyticCIL(ClosedFormStrategy):
         """The :class:`~neve.models.IncrementalRidge` head."""
         return self.model.head
 
+    @property
+    def label_cap(self) -> tuple[int, str]:
+        return self.head.max_classes, "max_classes"
+
     def _freeze_backbone(self) -> None:
         for p in self.model.backbone.parameters():
             p.requires_grad_(False)

@@ -43,6 +43,7 @@ from avalanche.training.templates.base import _experiences_parameter_as_iterable
 
 from ..models.core.distributed import default_reduction, is_distributed
 from ..plugins.distributed import ExactShardsPlugin
+from ..plugins.experience_data import check_experience_data
 
 GRADIENT_CALLBACKS = ("before_backward", "after_backward", "before_update", "after_update")
 #: Plugins that use the optimizer or the gradients from other callbacks too.
@@ -157,13 +158,27 @@ class ClosedFormStrategy(SupervisedTemplate):
     def check_experience(self, experience) -> None:
         """Refuse an experience before any training (a ValueError naming what is wrong).
 
-        The skeleton's check refuses an experience without training samples.
+        The skeleton's check refuses an experience without training samples, and one
+        whose items' labels disagree with its ``.targets`` or reach :attr:`label_cap` (one
+        pass over the data, see :func:`~neve.plugins.experience_data.check_experience_data`).
         """
         if len(experience.dataset) == 0:
             raise ValueError(
                 f"experiences: experience {getattr(experience, 'current_experience', '?')} has "
                 f"no training samples: {type(self).__name__} learns nothing from it; leave it "
                 "out of the stream")
+        try:
+            check_experience_data(experience.dataset, self.train_mb_size,
+                                  max_classes=self.label_cap[0], cap=self.label_cap[1],
+                                  finite=False)  # absorb refuses NaN, on every process
+        except (TypeError, ValueError) as error:
+            where = getattr(experience, "current_experience", "?")
+            raise type(error)(f"experiences: experience {where}: {error}") from error
+
+    @property
+    def label_cap(self) -> tuple[int, str]:
+        """The bound every label must be under, and the argument that set it."""
+        return 2**62, "max_classes"
 
     def before_absorbing(self) -> None:
         """Called once per experience before its first batch (e.g. a gradient base phase)."""

@@ -38,7 +38,7 @@ from avalanche.training.storage_policy import ExemplarsBuffer
 from avalanche.training.supervised import Naive
 
 from ..models.convnets import TunedNetwork
-from ..models.core.checks import check_bool, check_device, check_int, check_number
+from ..models.core.checks import check_bool, check_device, check_int, check_number, check_seed
 from ..models.core.distributed import is_distributed
 
 # (support sets S) -> (last L sets kept, k samples per step), Kowadlo et al. (2022), replay
@@ -280,7 +280,7 @@ def tune_network(
     steps_per_set = check_int(steps_per_set, "steps_per_set", minimum=1)
     replay_sets = check_int(replay_sets, "replay_sets", minimum=0)
     replay_samples = check_int(replay_samples, "replay_samples", minimum=1)
-    head_seed = check_int(head_seed, "head_seed", minimum=0)
+    head_seed = check_seed(head_seed, "head_seed")
     check_bool(freeze_norm_stats, "freeze_norm_stats")
     train_mb_size = check_int(train_mb_size, "train_mb_size", minimum=1, optional=True)
     eval_mb_size = check_int(eval_mb_size, "eval_mb_size", minimum=1)

@@ -144,6 +144,10 @@ class NearestPrototype(ClosedFormStrategy):
             raise ValueError(f"{where} has labels in [{low}, {high}], outside "
                              f"[0, num_classes={self.num_classes})")
 
+    @property
+    def label_cap(self) -> tuple[int, str]:
+        return self.num_classes, "num_classes"
+
     def model_adaptation(self, model=None):
         """Avalanche's adaptation; an experience without a class timeline (e.g. from
         ``benchmark_from_datasets``) gets its classes from its targets, which

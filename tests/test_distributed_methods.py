@@ -92,6 +92,12 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 
 
 def test_equal_batches_without_a_process_group_is_one_shard():
-    batches = equal_batches(10, 4)
-    assert batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]] or sum(batches, []) == list(range(10))
-    assert sorted(sum(equal_batches(10, 4, shuffle=True, seed=3), [])) == list(range(10))
+    # ceil(10 / 4) = 3 batches of nearly equal size, in order
+    assert equal_batches(10, 4) == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    for n, size in [(1, 1), (7, 7), (7, 3), (10, 1), (33, 8), (100, 7)]:
+        batches = equal_batches(n, size)
+        lengths = [len(b) for b in batches]
+        assert len(batches) == -(-n // size) and max(lengths) - min(lengths) <= 1, (n, size)
+        assert max(lengths) <= size and sum(batches, []) == list(range(n)), (n, size)
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(3)).tolist()
+    assert equal_batches(10, 4, shuffle=True, seed=3) == [order[:4], order[4:7], order[7:]]

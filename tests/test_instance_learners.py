@@ -209,3 +209,33 @@ def test_checkpoint_mid_episode_resumes_exactly(digits_data, tmp_path, learner):
         return tune_network(body, 20, lr=0.1, **replay)
 
     assert_resumes_exactly(make, bm, tmp_path / "ck.pkl")
+
+
+@pytest.mark.parametrize("scoring,normalize", [("euclidean", False), ("euclidean", True),
+                                               ("dot", False), ("dot", True)])
+def test_prototypes_are_means_of_several_support_items_per_class(scoring, normalize):
+    """Three classes with 1, 3 and 4 support items over two support sets: the prototypes
+    are the per-class means (a sum would be 3 and 4 times too long), checked against numpy."""
+    g = torch.Generator().manual_seed(0)
+    support = torch.randn(8, 5, generator=g, dtype=torch.float64).float()
+    labels = torch.tensor([1, 2, 0, 1, 2, 2, 1, 2])  # counts 1, 3, 4; 4 items per set
+    queries = torch.randn(30, 5, generator=g)
+    bm = episode_benchmark(support, labels, queries, torch.arange(30) % 3, 2)
+    s = NearestPrototype(num_classes=3, feature_dim=5, normalize=normalize, scoring=scoring,
+                         evaluator=None)
+    for exp in bm.train_stream:
+        s.train(exp)
+    z = support.double().numpy()
+    if normalize:
+        z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    hand = np.stack([z[labels.numpy() == c].mean(0) for c in range(3)])
+    np.testing.assert_allclose(s.model.class_means.double().numpy(), hand, rtol=1e-5, atol=1e-6)
+    q = queries.double().numpy()
+    if normalize:
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    scores = q @ hand.T if scoring == "dot" else -((q[:, None] - hand[None]) ** 2).sum(-1)
+    s.model.eval()
+    with torch.no_grad():
+        predicted = s.model(queries).argmax(1).numpy()
+    assert (predicted == scores.argmax(1)).all()
+    assert len(set(scores.argmax(1).tolist())) > 1  # the queries do not all go to one class

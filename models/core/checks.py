@@ -112,6 +112,9 @@ class Real(Constraint):
 class Bool(Constraint):
     """``True`` or ``False`` (numpy's included), as a ``bool``."""
 
+    def __init__(self, *, optional: bool = False) -> None:
+        self.optional = optional
+
     def _expected(self) -> str:
         return "True or False"
 
@@ -208,6 +211,9 @@ class Device(Constraint):
     Refuses a string torch cannot parse, and a CUDA (or MPS) device when none is
     available or its index is past the last GPU, before anything is moved there.
     """
+
+    def __init__(self, *, optional: bool = False) -> None:
+        self.optional = optional
 
     def _expected(self) -> str:
         return "a str or torch.device"
