@@ -44,6 +44,8 @@ so CUDA and CPU results agree to float32 rounding.
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import json
 import math
 import time
@@ -124,22 +126,33 @@ def backbone(seed: int) -> torch.nn.Module:
     return net
 
 
-def network(args) -> torch.nn.Module:
-    """The dataset's backbone, raw images in: digits' MLP or EfficientNet-Lite0 with its resize."""
-    if getattr(args, "dataset", "digits") == "digits":
-        return backbone(args.seed)
-    net = pretrained_backbone("efficientnet-lite0", input_size=args.input_size)
+@functools.lru_cache(maxsize=2)
+def _pretrained(input_size: int) -> torch.nn.Module:
+    net = pretrained_backbone("efficientnet-lite0", input_size=input_size)
     return torch.nn.Sequential(net.transform, net)  # not a named Backbone: no feature cache
 
 
-def datasets(args) -> tuple:
-    """``(train, test)``: digits, or a class-balanced part of Fashion-MNIST ([1, 28, 28] floats)."""
+def network(args) -> torch.nn.Module:
+    """The dataset's backbone, raw images in: digits' MLP or EfficientNet-Lite0 with its resize
+    (a fresh copy of the weights read once)."""
     if getattr(args, "dataset", "digits") == "digits":
+        return backbone(args.seed)
+    return copy.deepcopy(_pretrained(args.input_size))
+
+
+def datasets(args) -> tuple:
+    return _datasets(getattr(args, "dataset", "digits"), getattr(args, "per_class", None),
+                     args.seed)
+
+
+@functools.lru_cache(maxsize=2)
+def _datasets(dataset: str, per_class: int | None, seed: int) -> tuple:
+    """``(train, test)``: digits, or a class-balanced part of Fashion-MNIST ([1, 28, 28] floats)."""
+    if dataset == "digits":
         return digits(seed=0)
     parts = []
-    for data, per_class in zip(fashion_mnist(), (args.per_class, max(1, args.per_class // 10)),
-                               strict=True):
-        keep = balanced_indices(data.targets, per_class, seed=args.seed)
+    for data, count in zip(fashion_mnist(), (per_class, max(1, per_class // 10)), strict=True):
+        keep = balanced_indices(data.targets, count, seed=seed)
         parts.append(LabelledTensorDataset(data.data[keep].unsqueeze(1).float() / 255,
                                            data.targets[keep]))
     return tuple(parts)
