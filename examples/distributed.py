@@ -49,8 +49,8 @@ import functools
 import json
 import math
 import time
-from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import torch
 from avalanche.benchmarks import nc_benchmark
@@ -88,8 +88,7 @@ from neve.strategies import SLCA, AnalyticCIL, NearestPrototype
 FEATURES = 32
 
 
-@dataclass(frozen=True)
-class Setup:
+class Setup(NamedTuple):
     """The sizes of one dataset's runs."""
 
     features: int  # the backbone's feature size
