@@ -25,8 +25,9 @@ classes of the experience, ``n`` its images:
   every trainable gradient (``4 P``) per global step, ``epochs * n / B`` steps
   whatever N;
 * Curriculum Designer: the gathered teacher features (``4 b n / N`` per process);
-* NearestPrototype episodes: per episode two gathers of ``4 b 20 / N`` (supports,
-  queries) and per support set an all-reduce of the class sums (``8 * 20 b``).
+* NearestPrototype episodes: per group one gather of the features of its images
+  (``4 b 40 e / N`` per process, ``e`` episodes of 20 supports and 20 queries) and
+  per support set (4 per episode) an all-reduce of the class sums (``8 * 20 b``).
 """
 
 from __future__ import annotations
@@ -101,8 +102,10 @@ def method_collectives(method: str, processes: int, *, b: int, classes: int,
         return [Collective("all_gather", 1, 4 * b * images / n),
                 Collective("all_gather", 3, 8 * images / n)]
     if method == "prototype":
-        return [Collective("all_gather", 2 * episodes, 4 * b * 20 / n),
-                Collective("all_reduce", 4 * episodes, 8 * 20 * (b + 1))]
+        return [Collective("all_gather", 1, 4 * b * 40 * episodes / n),
+                Collective("all_gather", 1, 8),
+                Collective("all_reduce", 4 * episodes, 8 * 20 * (b + 1)),
+                Collective("all_reduce", 8 * episodes, 8)]
     raise ValueError(f"unknown method {method!r}")
 
 

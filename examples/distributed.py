@@ -30,8 +30,8 @@ the same for any number of processes:
   gathered over processes);
 * ``prototype``: NearestPrototype on instance-test episodes (20 images, 4 support
   sets, noisy queries): each process encodes its part of every support set and
-  query set, the features are gathered; saved: the episodes' accuracies and the
-  last features encoded. One "experience" is a group of episodes.
+  query set of a group of episodes in one pass, the features are gathered; saved:
+  the episodes' accuracies and the group's features. One "experience" is a group.
 * ``all``: every method in turn (keys prefixed ``method/``), reseeded before each.
 
 Rank 0 prints the training seconds per experience and a line ``BENCH {json}``
@@ -233,20 +233,40 @@ def curriculum(bm, device, args, report=None) -> tuple[dict, list[float]]:
     return {"distances": designer.distances_.clone()}, seconds
 
 
-def sharded_encoder(net: torch.nn.Module, device, last: dict):
+def sharded_encoder(net: torch.nn.Module, device, last: dict, chunk: int = 256):
     """Images ``[n, ...]`` -> features ``[n, D]`` (CPU): this process encodes its contiguous
-    part, the parts are gathered in rank order; ``last["features"]`` keeps the latest."""
+    part (in chunks of ``chunk``), the parts are gathered in rank order; ``last["features"]``
+    keeps the latest."""
     net = net.to(device).eval()
     reduction = default_reduction()
 
     def encode(x: torch.Tensor) -> torch.Tensor:
         part = shard_range(len(x))
         with torch.no_grad():
-            feats = net(x[part.start : part.stop].to(device)).float().cpu()
+            feats = torch.cat([net(x[i : min(i + chunk, part.stop)].to(device)).float().cpu()
+                               for i in range(part.start, part.stop, chunk)])
         last["features"] = reduction.rows(feats)
         return last["features"]
 
     return encode
+
+
+def encode_group(episodes: list, encode) -> list:
+    """The episodes over features, every image of the group through one ``encode`` call.
+
+    One sharded pass and one gather for the whole group instead of two per episode:
+    a first :func:`encode_episode` pass only collects the image batches it would encode.
+    """
+    batches: list[torch.Tensor] = []
+
+    def collect(x: torch.Tensor) -> torch.Tensor:
+        batches.append(x)
+        return torch.zeros(len(x), 1)
+
+    for episode in episodes:
+        encode_episode(episode, collect)
+    parts = iter(torch.split(encode(torch.cat(batches)), [len(b) for b in batches]))
+    return [encode_episode(episode, lambda x: next(parts)) for episode in episodes]
 
 
 def prototype(bm, device, args, report=None) -> tuple[dict, list[float]]:
@@ -262,8 +282,7 @@ def prototype(bm, device, args, report=None) -> tuple[dict, list[float]]:
     for g in range(groups):
         DistributedHelper.barrier()
         start = time.perf_counter()
-        encoded = [encode_episode(e, encode)
-                   for e in episodes[g * size : (g + 1) * size]]
+        encoded = encode_group(episodes[g * size : (g + 1) * size], encode)
         res = run_episodes(lambda: NearestPrototype(num_classes=20, feature_dim=setup.features,
                                                     device=device), encoded, progress=False)
         DistributedHelper.barrier()
