@@ -132,8 +132,11 @@ def compare(method: str, processes: int, layout: str, extra: list[str] = ()) -> 
 
 
 def of_method(tensors: dict, method: str) -> dict:
-    """The tensors saved under ``method/`` by a ``--method all`` run, without the prefix."""
+    """The tensors saved under ``method/`` by a ``--method all`` run, without the prefix
+    (all of them when no key has a prefix: a one-method run)."""
     prefix = f"{method}/"
+    if not any("/" in k for k in tensors):
+        return dict(tensors)
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
@@ -168,14 +171,16 @@ def breakdown(single: dict, many: dict, calibration: dict, processes: int) -> di
     }
 
 
-def scaling(processes: int, layout: str, extra: list[str]) -> dict:
-    """One ``--method all`` launch per configuration (1x1, Nx1, 1xN); the per-method report."""
+def scaling(processes: int, layout: str, extra: list[str], method: str = "all",
+            timeout_s: float = 1200) -> dict:
+    """One ``--method all`` (or one method's) launch per configuration (1x1, Nx1, 1xN);
+    the per-method report."""
     configs = {"1x1": (1, 1), f"{processes}x1": (processes, 1), f"1x{processes}": (1, processes)}
     runs, loads = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (procs, threads) in configs.items():
-            runs[name] = launch(["--method", "all"], procs, layout, Path(tmp) / name, extra,
-                                threads=threads)
+            runs[name] = launch(METHODS.get(method, ["--method", "all"]), procs, layout,
+                                Path(tmp) / name, extra, threads=threads, timeout_s=timeout_s)
             loads[name] = os.getloadavg()[0]  # the 1-minute load average at its end
     base, many = runs["1x1"], runs[f"{processes}x1"]
     methods = {}
@@ -206,12 +211,15 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--layout", choices=("standalone", "nodes"), default="standalone")
     parser.add_argument("--dataset", choices=("digits", "fashion-mnist"), default="digits")
+    parser.add_argument("--method", choices=("all", *METHODS), default="all",
+                        help="every method in one launch per configuration, or one")
     parser.add_argument("--per-class", type=int, default=None,
                         help="fashion-mnist: training images per class (example's default)")
     parser.add_argument("--experiences", type=int, default=None,
                         help="train the first K experiences (fashion-mnist default: 2)")
     parser.add_argument("--backend", choices=("nccl", "gloo"), default=None)
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU with a GPU present")
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds per launch")
     args = parser.parse_args()
     extra = (["--backend", args.backend] if args.backend else []) + (["--cpu"] if args.cpu else [])
     extra += ["--dataset", args.dataset]
@@ -226,7 +234,7 @@ def main() -> None:
         "backend": args.backend or ("nccl" if torch.cuda.is_available() and not args.cpu
                                     else "gloo"),
         "dataset": args.dataset, "cpu_cores": os.cpu_count(),
-        **scaling(args.processes, args.layout, extra),
+        **scaling(args.processes, args.layout, extra, args.method, args.timeout),
     }
     report["seconds"] = time.perf_counter() - start
     report["load_average"] = {"before": load, "after": os.getloadavg()}
