@@ -20,8 +20,10 @@ classes of the experience, ``n`` its images:
 
 * AnalyticCIL: per batch (``ceil(n / (N B))`` per process) ``X^T X`` (``8 b^2``),
   ``X^T Y`` (``8 b C``), a count, the largest label and the refusal flag;
-* SLCA: the class counts and sums (``8 C (b + 1)``), one scatter per new class
-  (``8 c b^2``), the head from rank 0 (``4 C b``), and with DDP one all-reduce of
+* SLCA: the class counts and sums (``8 C (b + 1)``), then for classes of at most
+  ``b`` items their float64 feature rows gathered (``8 b n / N`` per process), else
+  one scatter per new class (``8 c b^2``), the head from rank 0 (``4 C b``), and with
+  DDP one all-reduce of
   every trainable gradient (``4 P``) per global step, ``epochs * n / B`` steps
   whatever N;
 * Curriculum Designer: the gathered teacher features (``4 b n / N`` per process);
@@ -94,8 +96,10 @@ def method_collectives(method: str, processes: int, *, b: int, classes: int,
             "all_reduce", batches, 8 * b * classes), Collective("all_reduce", 3 * batches, 8)]
     if method in ("slca", "slca-finetune"):
         steps = epochs * math.ceil(images / batch)
-        out = [Collective("all_reduce", 3, 8 * classes * (b + 1)),
-               Collective("all_reduce", new_classes, 8 * b * b),
+        # a class of at most b items: its float64 feature rows gathered; else its scatter
+        moments = [Collective("all_gather", 2, 8 * (b + 1) * images / n)] \
+            if images / new_classes <= b else [Collective("all_reduce", new_classes, 8 * b * b)]
+        out = [Collective("all_reduce", 3, 8 * classes * (b + 1)), *moments,
                Collective("broadcast", 2, 4 * classes * b)]
         return out + ([Collective("all_reduce", steps, 4 * parameters)] if parameters else [])
     if method == "curriculum":
