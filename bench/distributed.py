@@ -1,15 +1,19 @@
-"""examples/distributed.py on 1 and on N processes, as users start it; prints JSON.
+"""examples/distributed.py on 1 process, on N processes and on 1 process of N threads; JSON.
 
-    python bench/distributed.py                          # N = 2, one torchrun, all methods
-    python bench/distributed.py --layout nodes           # N one-process "nodes" on localhost
+    python bench/distributed.py --dataset fashion-mnist   # 1x1, 2x1, 1x2, every method
+    python bench/distributed.py                           # the same on Split digits
     python bench/distributed.py --layout nodes --backend gloo   # N processes sharing GPU 0
 
-For each method (``analytic``, ``slca`` with a frozen backbone, ``slca-finetune``
-with DDP, ``curriculum``) the example runs once in one process and once in N
-processes (``OMP_NUM_THREADS=1`` each), saving its tensors. Reported per method:
-the largest relative difference ``||a - b|| / ||a||`` over the saved tensors (the
-issue's bound: 1e-6), the training seconds per experience that rank 0 prints for
-1 and N processes, and their ratio, from this one run.
+One launch of ``examples/distributed.py --method all`` per configuration: 1 process
+x 1 thread, N processes x 1 thread (``OMP_NUM_THREADS=1``), 1 process x N threads,
+each saving its tensors. Reported per method: the seconds per experience of each
+configuration and its speed-up against 1 x 1, the largest relative difference
+``||a - b|| / ||a||`` between the tensors saved by 1 and N processes, and a
+breakdown of the N-process time: the seconds per experience inside neve's
+collectives (measured by rank 0, waiting included), DDP's gradient all-reduces
+(estimated from their bytes and the all-reduce cost measured in the same run),
+the rest (compute), and what is lost against a perfect ``1 / N`` split. Start-up
+(interpreter, imports, process group, weights, data) is reported per launch.
 
 Layouts: ``standalone`` is ``torchrun --standalone --nproc_per_node=N`` (on GPUs,
 one GPU per process, ``cuda:LOCAL_RANK``); ``nodes`` is the README's several-node
@@ -39,8 +43,9 @@ METHODS = {
     "slca": ["--method", "slca"],
     "slca-finetune": ["--method", "slca", "--finetune"],
     "curriculum": ["--method", "curriculum"],
+    "prototype": ["--method", "prototype"],
 }
-TIMING = re.compile(r"(\d+) process\(es\), ([0-9.]+) s per experience")
+REPORT = re.compile(r"^BENCH (\{.*\})$", re.MULTILINE)
 
 
 def _free_port() -> int:
@@ -50,14 +55,20 @@ def _free_port() -> int:
 
 
 def launch(method_args: list[str], processes: int, layout: str, folder: Path,
-           extra: list[str] = (), timeout_s: float = 600) -> tuple[dict, float]:
-    """Run the example on ``processes`` processes; rank 0's saved tensors and its seconds/exp.
+           extra: list[str] = (), timeout_s: float = 1200, threads: int = 1
+           ) -> tuple[dict, dict, float]:
+    """Run the example on ``processes`` processes of ``threads`` threads each.
+
+    Returns:
+        rank 0's saved tensors, its ``BENCH`` report and the launch's wall seconds.
 
     Raises:
         RuntimeError: a process failed (its output in the message), or rank 0 printed
-            no timing or saved nothing.
+            no report or saved nothing.
     """
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    method_args = [*method_args, "--threads", str(threads)]
+    started = time.perf_counter()
     if layout == "standalone" or processes == 1:
         agents = [["--standalone", f"--nproc_per_node={processes}"]]
     elif layout == "nodes":
@@ -80,12 +91,13 @@ def launch(method_args: list[str], processes: int, layout: str, folder: Path,
         if run.returncode != 0:
             raise RuntimeError(f"{method_args} on {processes} process(es) failed:\n{out[-4000:]}")
         outputs.append(out)
+    wall = time.perf_counter() - started
     saved = [cwd / "out.pt" for cwd, _ in runs if (cwd / "out.pt").exists()]
-    timings = [m for out in outputs for m in TIMING.finditer(out)]
-    if len(saved) != 1 or len(timings) != 1 or int(timings[0].group(1)) != processes:
-        raise RuntimeError(f"expected one rank 0 with a timing and a file, got {saved} and "
-                           f"{[t.group(0) for t in timings]}")
-    return torch.load(saved[0], weights_only=True), float(timings[0].group(2))
+    reports = [json.loads(m.group(1)) for out in outputs for m in REPORT.finditer(out)]
+    if len(saved) != 1 or len(reports) != 1 or reports[0]["processes"] != processes:
+        raise RuntimeError(f"expected one rank 0 with a report and a file, got {saved} and "
+                           f"{len(reports)} report(s)")
+    return torch.load(saved[0], weights_only=True), reports[0], wall
 
 
 def largest_relative_difference(a: dict, b: dict) -> float:
@@ -102,35 +114,130 @@ def largest_relative_difference(a: dict, b: dict) -> float:
     return worst
 
 
+def seconds_of(report: dict) -> float:
+    """The one method's seconds per experience in a one-method ``BENCH`` report."""
+    (method,) = report["methods"].values()
+    return method["seconds_per_experience"]
+
+
 def compare(method: str, processes: int, layout: str, extra: list[str] = ()) -> dict:
-    """One run on 1 process and one on ``processes``: difference and seconds per experience."""
+    """One run of one method on 1 process and one on ``processes``: difference and seconds."""
     with tempfile.TemporaryDirectory() as tmp:
-        one, t1 = launch(METHODS[method], 1, layout, Path(tmp) / "one", extra)
-        many, tn = launch(METHODS[method], processes, layout, Path(tmp) / "many", extra)
+        one, r1, _ = launch(METHODS[method], 1, layout, Path(tmp) / "one", extra)
+        many, rn, _ = launch(METHODS[method], processes, layout, Path(tmp) / "many", extra)
+    t1, tn = seconds_of(r1), seconds_of(rn)
     return {"largest_relative_difference": largest_relative_difference(one, many),
             "tensors": len(one), "seconds_per_experience": {"1": t1, str(processes): tn},
             "ratio": tn / t1}
+
+
+def of_method(tensors: dict, method: str) -> dict:
+    """The tensors saved under ``method/`` by a ``--method all`` run, without the prefix
+    (all of them when no key has a prefix: a one-method run)."""
+    prefix = f"{method}/"
+    if not any("/" in k for k in tensors):
+        return dict(tensors)
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def breakdown(single: dict, many: dict, calibration: dict, processes: int) -> dict:
+    """Where the N-process seconds per experience of one method go.
+
+    ``single`` and ``many``: the method's reports at 1 x 1 and N x 1;
+    ``calibration``: the N-process run's all-reduce costs (latency and a large
+    payload). DDP's all-reduces are estimated as ``latency + bytes * per_byte``
+    per step (they overlap the backward pass, so this is an upper bound of their
+    share); neve's collectives are measured.
+    """
+    timed = many["timed"]
+    per_byte = (calibration["large_s"] - calibration["latency_s"]) / calibration["bytes"]
+    ddp = many.get("ddp_steps", 0) * (calibration["latency_s"]
+                                      + many.get("ddp_bytes_per_step", 0) * per_byte) / timed
+    collectives = many["collectives"]["seconds"] / timed
+    total = many["seconds_per_experience"]
+    ideal = single["seconds_per_experience"] / processes
+    return {
+        "seconds_per_experience": total,
+        "ideal_seconds": ideal,
+        "collectives_s": collectives,
+        "collective_calls": many["collectives"]["calls"] / timed,
+        "collective_bytes": many["collectives"]["bytes"] / timed,
+        "ddp_allreduce_s_estimated": ddp,
+        "ddp_bytes": many.get("ddp_steps", 0) * many.get("ddp_bytes_per_step", 0) / timed,
+        "compute_s": total - collectives - ddp,
+        "lost_s": total - ideal,
+        "compute_per_image_s": single["seconds_per_experience"]
+        / single["images_per_experience"],
+    }
+
+
+def scaling(processes: int, layout: str, extra: list[str], method: str = "all",
+            timeout_s: float = 1200) -> dict:
+    """One ``--method all`` (or one method's) launch per configuration (1x1, Nx1, 1xN);
+    the per-method report."""
+    configs = {"1x1": (1, 1), f"{processes}x1": (processes, 1), f"1x{processes}": (1, processes)}
+    runs, loads = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (procs, threads) in configs.items():
+            runs[name] = launch(METHODS.get(method, ["--method", "all"]), procs, layout,
+                                Path(tmp) / name, extra, threads=threads, timeout_s=timeout_s)
+            loads[name] = os.getloadavg()[0]  # the 1-minute load average at its end
+    base, many = runs["1x1"], runs[f"{processes}x1"]
+    methods = {}
+    for method, single in base[1]["methods"].items():
+        seconds = {name: run[1]["methods"][method]["seconds_per_experience"]
+                   for name, run in runs.items()}
+        methods[method] = {
+            "seconds_per_experience": seconds,
+            "speedup": {name: seconds["1x1"] / s for name, s in seconds.items() if name != "1x1"},
+            "largest_relative_difference": largest_relative_difference(
+                of_method(base[0], method), of_method(many[0], method)),
+            "images_per_experience": single["images_per_experience"],
+            "breakdown": breakdown(single, many[1]["methods"][method], many[1]["calibration"],
+                                   processes),
+        }
+    startup = {name: {"launch_wall_s": wall, "setup_s": report["setup_s"],
+                      "training_s": sum(m["seconds_per_experience"] * m["timed"]
+                                        for m in report["methods"].values())}
+               for name, (_, report, wall) in runs.items()}
+    for name, entry in startup.items():
+        entry["startup_s"] = entry["launch_wall_s"] - entry["training_s"]
+        entry["load_average_1min_at_end"] = loads[name]
+    return {"methods": methods, "startup": startup, "calibration": many[1]["calibration"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--layout", choices=("standalone", "nodes"), default="standalone")
-    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
+    parser.add_argument("--dataset", choices=("digits", "fashion-mnist"), default="digits")
+    parser.add_argument("--method", choices=("all", *METHODS), default="all",
+                        help="every method in one launch per configuration, or one")
+    parser.add_argument("--per-class", type=int, default=None,
+                        help="fashion-mnist: training images per class (example's default)")
+    parser.add_argument("--experiences", type=int, default=None,
+                        help="train the first K experiences (fashion-mnist default: 2)")
     parser.add_argument("--backend", choices=("nccl", "gloo"), default=None)
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU with a GPU present")
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds per launch")
     args = parser.parse_args()
     extra = (["--backend", args.backend] if args.backend else []) + (["--cpu"] if args.cpu else [])
-    start = time.perf_counter()
+    extra += ["--dataset", args.dataset]
+    experiences = args.experiences or (2 if args.dataset == "fashion-mnist" else None)
+    extra += ["--experiences", str(experiences)] if experiences else []
+    extra += ["--per-class", str(args.per_class)] if args.per_class else []
+    start, load = time.perf_counter(), os.getloadavg()
     report = {
         "device": "cpu" if args.cpu or not torch.cuda.is_available()
         else torch.cuda.get_device_name(0),
         "gpus": torch.cuda.device_count(), "processes": args.processes, "layout": args.layout,
         "backend": args.backend or ("nccl" if torch.cuda.is_available() and not args.cpu
                                     else "gloo"),
-        "methods": {m: compare(m, args.processes, args.layout, extra) for m in args.methods},
+        "dataset": args.dataset, "cpu_cores": os.cpu_count(),
+        **scaling(args.processes, args.layout, extra, args.method, args.timeout),
     }
     report["seconds"] = time.perf_counter() - start
+    report["load_average"] = {"before": load, "after": os.getloadavg()}
     print(json.dumps(report, indent=1))
 
 

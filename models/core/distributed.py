@@ -18,7 +18,9 @@ reduced over the parts counts every item once.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -76,6 +78,52 @@ class Reduction:
             raise error
 
 
+@dataclass
+class CollectiveLedger:
+    """What this process's :class:`ProcessGroupReduction` calls cost: calls, bytes, seconds.
+
+    ``bytes`` counts each call's payload as this process sends it (the tensor
+    all-reduced or broadcast, the padded rows it contributes to an all-gather);
+    ``seconds`` is the wall time inside the calls, waiting for slower processes
+    included. Read by benches; :meth:`reset` starts a new count.
+    """
+
+    calls: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+    def reset(self) -> None:
+        self.calls, self.bytes, self.seconds = 0, 0, 0.0
+
+    def record(self, payload: torch.Tensor, start: float) -> None:
+        self.calls += 1
+        self.bytes += payload.numel() * payload.element_size()
+        self.seconds += time.perf_counter() - start
+
+
+#: The ledger of every :class:`ProcessGroupReduction` of this process.
+LEDGER = CollectiveLedger()
+
+
+def all_reduce_seconds(numel: int, repeats: int = 5) -> float:
+    """Median wall seconds of one all-reduce of ``numel`` float32 values over the group.
+
+    Every process must call it with the same arguments (a calibration of the
+    per-collective cost). Not counted in :data:`LEDGER`.
+    """
+    payload = torch.zeros(numel, dtype=torch.float32, device=_comm_device())
+    torch.distributed.all_reduce(payload)  # warm-up
+    times = []
+    for _ in range(repeats):
+        torch.distributed.barrier()
+        start = time.perf_counter()
+        torch.distributed.all_reduce(payload)
+        if payload.is_cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
 def _comm_device() -> torch.device:
     if torch.distributed.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
@@ -90,9 +138,11 @@ class ProcessGroupReduction(Reduction):
     def _all_reduce(self, tensors: Sequence[torch.Tensor], op) -> Sequence[torch.Tensor]:
         device = _comm_device()
         for t in tensors:
+            start = time.perf_counter()
             moved = t.detach().to(device).contiguous()  # NCCL refuses strided tensors
             torch.distributed.all_reduce(moved, op=op)
             t.copy_(moved)
+            LEDGER.record(moved, start)
         return tensors
 
     def sum(self, tensors):
@@ -102,6 +152,7 @@ class ProcessGroupReduction(Reduction):
         return self._all_reduce(tensors, torch.distributed.ReduceOp.MAX)
 
     def rows(self, tensor):
+        start = time.perf_counter()
         device, world = _comm_device(), torch.distributed.get_world_size()
         size = torch.tensor([tensor.shape[0]], dtype=torch.long, device=device)
         sizes = [torch.zeros_like(size) for _ in range(world)]
@@ -111,15 +162,19 @@ class ProcessGroupReduction(Reduction):
         padded[: tensor.shape[0]] = tensor.to(device)
         parts = [torch.empty_like(padded) for _ in range(world)]
         torch.distributed.all_gather(parts, padded)
-        return torch.cat([p[:n] for p, n in zip(parts, counts, strict=True)]).to(tensor.device)
+        rows = torch.cat([p[:n] for p, n in zip(parts, counts, strict=True)]).to(tensor.device)
+        LEDGER.record(padded, start)
+        return rows
 
     def from_first(self, tensors):
         device = _comm_device()
         with torch.no_grad():
             for t in tensors:
+                start = time.perf_counter()
                 moved = t.detach().to(device).contiguous()
                 torch.distributed.broadcast(moved, src=0)
                 t.copy_(moved)
+                LEDGER.record(moved, start)
         return tensors
 
     def agree(self, error, elsewhere):
