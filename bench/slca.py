@@ -60,6 +60,7 @@ from neve.models.features import extract_features
 from neve.models.gaussians import ClassGaussianStats
 from neve.models.head_alignment import align_head, alignment_batch_size
 from neve.plugins import ClassifierAlignmentPlugin, SlowLearnerPlugin
+from neve.plugins.slow_learner import NORM_STATS_MODES
 from neve.strategies import SLCA, AnalyticCIL
 
 ARMS = ("seq_ft", "slow", "slow_head_init", "slow_fresh_opt", "all_logit", "frozen")
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--analytic-buffer", type=int, default=2048)
     p.add_argument("--analytic-gamma", type=float, default=1.0)
     p.add_argument("--norm", nargs="+", default=["eval"],
-                   choices=["eval", "slow", "frozen", "train"])
+                   choices=list(NORM_STATS_MODES))
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     args = p.parse_args(argv)
     quick(args)
