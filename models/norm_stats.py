@@ -15,7 +15,9 @@ while SLCA's slow learner trains:
   with the running statistics, as in evaluation), a forward hook takes each
   batch's statistics, and after the backward pass the running statistics move
   towards them at ``m * factor``; the batch statistics never enter the forward.
-  The hooks act only while their :class:`SlowRunningStats` is ``active``.
+  The hooks act only while their :class:`SlowRunningStats` is ``active``. Each
+  process moves its own buffers; under ``DistributedDataParallel`` (buffers
+  broadcast from rank 0 at each forward) they follow rank 0's batches.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ class SlowLearnerPlugin(SupervisedPlugin, supports_distributed=True):
     stored class statistics of :class:`ClassifierAlignmentPlugin` describe.
     The representation is every module outside ``model.<head>`` and its parents.
 
-    * ``"eval_slow"``: the representation is in eval mode while training (batch
+    * ``"eval_slow"`` (default): the representation is in eval mode while training (batch
       norm normalises with its running statistics, dropout and drop-connect are
       off, as in evaluation), and after each training step's backward pass the
       running statistics move towards the step's batch statistics at
@@ -122,7 +122,7 @@ class SlowLearnerPlugin(SupervisedPlugin, supports_distributed=True):
         backbone_lr_scale: float = 0.01,
         *,
         head: str = "classifier",
-        norm_stats: str = "slow",
+        norm_stats: str = "eval_slow",
         head_init: str | None = None,
         head_init_std: float = 0.02,
         reset_optimizer: bool = False,
