@@ -70,15 +70,16 @@ class SlowLearnerPlugin(SupervisedPlugin, supports_distributed=True):
     stored class statistics of :class:`ClassifierAlignmentPlugin` describe.
     The representation is every module outside ``model.<head>`` and its parents.
 
-    * ``"eval_slow"`` (default): the representation is in eval mode while training (batch
-      norm normalises with its running statistics, dropout and drop-connect are
-      off, as in evaluation), and after each training step's backward pass the
-      running statistics move towards the step's batch statistics at
-      ``momentum * backbone_lr_scale`` (the batch statistics never enter the forward;
-      :class:`~neve.models.norm_stats.SlowRunningStats`). Training sees the
-      evaluation's features, and the statistics follow the data as slowly as the
-      weights learn.
-    * ``"eval"``: as ``"eval_slow"`` with the running statistics fixed.
+    * ``"eval"`` (default): the representation is in eval mode while training:
+      batch norm normalises with its running statistics and does not update
+      them, dropout and drop-connect are off; its weights still learn at the slow
+      rate. Training sees the evaluation's features, so each experience is
+      learned on the features it is evaluated on.
+    * ``"eval_slow"``: as ``"eval"``, and after each training step's backward
+      pass the running statistics move towards the step's batch statistics at
+      ``momentum * backbone_lr_scale`` (the batch statistics never enter the
+      forward; :class:`~neve.models.norm_stats.SlowRunningStats`), so they follow
+      the data as slowly as the weights learn.
     * ``"slow"``: train mode, but the batch-norm ``momentum`` is multiplied by
       ``backbone_lr_scale``; the train/eval mismatch of batch statistics and
       dropout stays (the head learns on batch-normalised features).
@@ -122,7 +123,7 @@ class SlowLearnerPlugin(SupervisedPlugin, supports_distributed=True):
         backbone_lr_scale: float = 0.01,
         *,
         head: str = "classifier",
-        norm_stats: str = "eval_slow",
+        norm_stats: str = "eval",
         head_init: str | None = None,
         head_init_std: float = 0.02,
         reset_optimizer: bool = False,
