@@ -36,12 +36,12 @@ class Recorder(SupervisedPlugin):
 
     def __init__(self, bn):
         super().__init__()
-        self.bn, self.inputs, self.as_eval, self.before = bn, [], [], None
+        self.bn, self.inputs, self.as_eval, self.held = bn, [], [], None
         bn.register_forward_hook(self._hook)
         self.recording = False
 
     def before_forward(self, strategy, **kwargs):
-        self.before = (self.bn.running_mean.clone(), self.bn.running_var.clone())
+        self.held = (self.bn.running_mean.clone(), self.bn.running_var.clone())
         self.recording = True
 
     def after_forward(self, strategy, **kwargs):
@@ -52,7 +52,7 @@ class Recorder(SupervisedPlugin):
             return
         x = inputs[0].detach().clone()
         self.inputs.append(x)
-        expected = torch.nn.functional.batch_norm(x, *self.before, module.weight, module.bias,
+        expected = torch.nn.functional.batch_norm(x, *self.held, module.weight, module.bias,
                                                   training=False, eps=module.eps)
         self.as_eval.append(bool(torch.allclose(output, expected, atol=1e-6)))
 
