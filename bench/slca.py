@@ -44,6 +44,7 @@ import copy
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -60,6 +61,7 @@ from neve.models.features import extract_features
 from neve.models.gaussians import ClassGaussianStats
 from neve.models.head_alignment import align_head, alignment_batch_size
 from neve.plugins import ClassifierAlignmentPlugin, SlowLearnerPlugin
+from neve.plugins.slow_learner import NORM_STATS_MODES
 from neve.strategies import SLCA, AnalyticCIL
 
 ARMS = ("seq_ft", "slow", "slow_head_init", "slow_fresh_opt", "all_logit", "frozen")
@@ -130,11 +132,11 @@ def run_arm(bm, backbone: nn.Module, feature_dim: int, args, device, *, seed: in
     start = time.perf_counter()
     for k, exp in enumerate(bm.train_stream):
         data = exp.dataset.eval()
-        if k > 0:
+        if k > 0 and args.variants:
             before, _ = feats(model.features, data, device)
         strategy.train(exp)
         after, targets = feats(model.features, data, device)
-        if k > 0:
+        if k > 0 and args.variants:
             old = sdc.classes
             shifts = sdc_shifts(before, after, torch.stack([sdc.means[c] for c in old]))
             sdc.shift_means(dict(zip(old, shifts, strict=True)))
@@ -151,6 +153,8 @@ def run_arm(bm, backbone: nn.Module, feature_dim: int, args, device, *, seed: in
         head.load_state_dict(unaligned, strict=False)
         acc["none"].append(accuracy(head, test_x, test_y, device))
         head.load_state_dict(aligned)
+        if not args.variants:
+            continue
         if k == 0:
             for name in ("ca_sdc", "ca_sdc_cov", "ca_shrink"):
                 acc[name].append(acc["ca"][0])
@@ -163,7 +167,7 @@ def run_arm(bm, backbone: nn.Module, feature_dim: int, args, device, *, seed: in
     seconds = time.perf_counter() - start
     # drift: stored means vs the means of the same training data under the final backbone
     drift = {}
-    for name, stats in (("stored", plugin.stats), ("sdc", sdc)):
+    for name, stats in (("stored", plugin.stats), ("sdc", sdc))[: 2 if args.variants else 1]:
         rel, cos, rel_first = [], [], []
         for k, exp in enumerate(bm.train_stream[:-1]):
             x, y = feats(model.features, exp.dataset.eval(), device)
@@ -233,6 +237,8 @@ def add_run_arguments(p: argparse.ArgumentParser, threads: int) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--threads", type=int, default=threads)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-variants", dest="variants", action="store_false",
+                   help="only the unaligned and aligned heads (no sdc, sdc_cov, shrink)")
 
 
 def quick(args: argparse.Namespace) -> None:
@@ -249,8 +255,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--analytic-buffer", type=int, default=2048)
     p.add_argument("--analytic-gamma", type=float, default=1.0)
     p.add_argument("--norm", nargs="+", default=["eval"],
-                   choices=["eval", "slow", "frozen", "train"])
+                   choices=list(NORM_STATS_MODES))
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    p.add_argument("--partial-json", default=None, help="rewrite this file after each seed")
     args = p.parse_args(argv)
     quick(args)
     torch.set_num_threads(args.threads)
@@ -261,6 +268,18 @@ def main(argv: list[str] | None = None) -> dict:
     full_train, full_test = fashion_mnist()
     results: dict = {}
     seconds: dict = {}
+
+    def report() -> dict:
+        return {
+            "benchmark": "Split Fashion-MNIST 5x2, class-balanced subsets",
+            "backbone": f"efficientnet-lite0 (ImageNet) at {args.input_size} px",
+            "settings": {k: v for k, v in vars(args).items() if k != "arms"},
+            "device": str(device),
+            "arms": {name: summarise(r) for name, r in results.items()},
+            "arm_seconds": seconds,
+            "wall_s": round(time.perf_counter() - wall, 1),
+        }
+
     for seed in args.seeds:
         train = preprocessed(full_train, args.train_per_class, seed, args.input_size)
         test = preprocessed(full_test, args.test_per_class, seed, args.input_size)
@@ -278,7 +297,8 @@ def main(argv: list[str] | None = None) -> dict:
                     common, scale=0.0), norm="eval")
                 record(results, "frozen", run, "none")
                 record(results, "frozen_ca", run, "ca")
-                record(results, "frozen_ca_shrink", run, "ca_shrink")
+                if args.variants:
+                    record(results, "frozen_ca_shrink", run, "ca_shrink")
                 record(results, "analytic", analytic_arm(fbm, args, device), "none")
             for norm in args.norm if arm != "frozen" else []:
                 tag = f"[{norm}]"
@@ -291,7 +311,8 @@ def main(argv: list[str] | None = None) -> dict:
                 elif arm == "slow":
                     run = run_arm(bm, backbone, 1280, args, device, **common, norm=norm)
                     record(results, f"slow_learner{tag}", run, "none")
-                    for variant in ("ca", "ca_sdc", "ca_sdc_cov", "ca_shrink"):
+                    for variant in ("ca", "ca_sdc", "ca_sdc_cov", "ca_shrink")[
+                            : 4 if args.variants else 1]:
                         name = "slca" + variant[2:]
                         record(results, f"{name}{tag}", run, variant)
                 elif arm == "all_logit":
@@ -308,17 +329,11 @@ def main(argv: list[str] | None = None) -> dict:
                     record(results, f"slca_{arm[5:]}{tag}", run, "ca")
             seconds.setdefault(arm, []).append(round(time.perf_counter() - t, 1))
             print(f"seed {seed} {arm}: {seconds[arm][-1]} s", file=sys.stderr, flush=True)
-    report = {
-        "benchmark": "Split Fashion-MNIST 5x2, class-balanced subsets",
-        "backbone": f"efficientnet-lite0 (ImageNet) at {args.input_size} px",
-        "settings": {k: v for k, v in vars(args).items() if k != "arms"},
-        "device": str(device),
-        "arms": {name: summarise(r) for name, r in results.items()},
-        "arm_seconds": seconds,
-        "wall_s": round(time.perf_counter() - wall, 1),
-    }
-    print(json.dumps(report, indent=1))
-    return report
+        if args.partial_json:  # the seeds so far, for a run that may be stopped
+            Path(args.partial_json).write_text(json.dumps(report(), indent=1))
+    final = report()
+    print(json.dumps(final, indent=1))
+    return final
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ class SLCASettings:
     alignment_batch_size: int = 256
     alignment_lr: float = 0.01
     temperature: float = 0.1
-    norm_stats: str = "slow"
+    norm_stats: str = "eval"
 
 
 PAPER_SETTINGS = SLCASettings()
