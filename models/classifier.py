@@ -122,3 +122,28 @@ def check_single_head(head: nn.Module, name: str = "classifier") -> None:
             "task). Use a single head, e.g. avalanche.models.IncrementalClassifier or "
             "neve.models.PretrainedClassifier"
         )
+
+
+@torch.no_grad()
+def init_class_rows(head: nn.Module, classes: list[int], std: float,
+                    generator: torch.Generator) -> None:
+    """Re-draw the head rows of ``classes`` (its last ``nn.Linear``): weight ~ TN(0, std), bias 0.
+
+    The SLCA authors give each task a new linear head with ``trunc_normal_(std=0.02)``
+    weights and zero bias; with Avalanche's single ``IncrementalClassifier``
+    matrix, this draws the new classes' rows the same way (truncated at +-2, as
+    ``torch.nn.init.trunc_normal_``'s default), ``[len(classes), D]`` in the
+    order given, from ``generator``.
+    """
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("head_init needs an nn.Linear in the head, found none")
+    linear = linears[-1]
+    if classes and max(classes) >= linear.out_features:
+        raise ValueError(f"head has {linear.out_features} outputs, classes {classes} need more")
+    rows = torch.empty(len(classes), linear.in_features)
+    torch.nn.init.trunc_normal_(rows, std=std, generator=generator)
+    index = torch.tensor(classes, dtype=torch.long, device=linear.weight.device)
+    linear.weight.index_copy_(0, index, rows.to(linear.weight))
+    if linear.bias is not None:
+        linear.bias.index_fill_(0, index, 0.0)

@@ -86,3 +86,18 @@ def check_experience_data(dataset: Dataset, batch_size: int, *, max_classes: int
                 raise ValueError(f"the experience's inputs contain NaN or inf {where}; nothing "
                                  f"was learned. Clean the data{how}")
         seen += len(y)
+
+
+def experience_classes(experience) -> list[int]:
+    """The classes of an experience, ascending.
+
+    ``experience.classes_in_this_experience`` where the benchmark has a class
+    timeline; otherwise (Avalanche's ``benchmark_from_datasets``,
+    ``split_online_stream``) the distinct targets of ``experience.dataset``.
+    """
+    classes = getattr(experience, "classes_in_this_experience", None)
+    if classes is None:
+        targets = experience.dataset.targets
+        uniques = getattr(targets, "uniques", None)
+        classes = uniques if uniques is not None else set(torch.as_tensor(targets).tolist())
+    return sorted(int(c) for c in classes)

@@ -15,7 +15,8 @@ import torch
 from avalanche.core import SupervisedPlugin
 from torch import nn
 
-from ..models.classifier import model_part
+from ..models.backbone_modes import backbone_to_eval, restore_modes
+from ..models.classifier import init_class_rows, model_part
 from ..models.core.checks import Bool, OneOf, Real, Seed, Text, validate, validated
 from ..models.norm_stats import (
     SlowRunningStats,
@@ -24,12 +25,7 @@ from ..models.norm_stats import (
     scale_norm_momentum,
 )
 from ..models.param_groups import split_param_groups
-from .training_modes import (
-    backbone_to_eval,
-    experience_classes,
-    init_class_rows,
-    restore_modes,
-)
+from .experience_data import experience_classes
 
 NORM_STATS_MODES = ("eval_slow", "eval", "slow", "frozen", "train")
 HEAD_INITS = (None, "trunc_normal")
@@ -95,7 +91,7 @@ class SlowLearnerPlugin(SupervisedPlugin, supports_distributed=True):
     * ``head_init="trunc_normal"``: the rows of the head for classes met for the
       first time are re-drawn from a truncated normal (std ``head_init_std``,
       authors 0.02) with zero bias before the experience, as the authors' new
-      per-task linear head (:func:`~neve.plugins.training_modes.init_class_rows`);
+      per-task linear head (:func:`~neve.models.classifier.init_class_rows`);
       experience k draws from ``torch.Generator().manual_seed(seed + k)``.
     * ``reset_optimizer=True``: the optimizer's state (momentum, Adam moments)
       is cleared before each experience, as a new optimizer per task.

@@ -29,7 +29,7 @@ from ..models.prototypes import (
     class_means,
     seen_class_scores,
 )
-from ..plugins.training_modes import experience_classes
+from ..plugins.experience_data import experience_classes
 from .closed_form import ClosedFormStrategy
 from .episodic import episode_evaluator
 

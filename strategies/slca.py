@@ -22,8 +22,8 @@ from ..plugins.checkpoint_state import (
     model_state,
 )
 from ..plugins.distributed import WholeEvaluationPlugin
+from ..plugins.experience_data import experience_classes
 from ..plugins.slow_learner import SlowLearnerPlugin
-from ..plugins.training_modes import experience_classes
 from .slca_settings import PAPER_SETTINGS, SLCASettings, paper_parts
 
 __all__ = ["SLCA", "experience_classes"]
