@@ -1,4 +1,4 @@
-"""What neve's plugins read of an experience: its training data, and checks of it before use.
+"""What neve's plugins read of an experience: its classes, its training data, and checks of it.
 
 Pure helpers on Avalanche strategies and datasets, shared by the plugins so that
 every plugin reads an experience, and refuses bad data, the same way.
