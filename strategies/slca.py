@@ -52,9 +52,10 @@ class SLCA(Naive):
     metrics are the one-process metrics; nothing in one process).
 
     Args:
-        model, optimizer, criterion, train_mb_size, train_epochs, eval_mb_size,
-        device, plugins, evaluator, eval_every, **base_kwargs: as ``Naive``
-        (``criterion=None`` means ``CrossEntropyLoss()``).
+        model, optimizer, criterion, train_mb_size, train_epochs, eval_mb_size: as ``Naive``
+            (``criterion=None`` means ``CrossEntropyLoss()``).
+        device, plugins, evaluator, eval_every: as ``Naive``.
+        **base_kwargs: passed on to ``Naive``.
         slow_learner: the :class:`SlowLearnerPlugin` (default: its defaults).
         alignment: the :class:`ClassifierAlignmentPlugin` (default: its defaults).
         current_classes_loss: as the authors' code (each task's head is trained on
