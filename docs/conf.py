@@ -28,7 +28,7 @@ myst_heading_anchors = 3
 autosummary_generate = True
 autodoc_default_options = {"members": True, "undoc-members": False, "show-inheritance": True}
 autodoc_member_order = "bysource"
-autodoc_typehints = "description"
+autodoc_typehints = "signature"
 autodoc_inherit_docstrings = False
 napoleon_google_docstring = True
 napoleon_numpy_docstring = True
@@ -38,8 +38,11 @@ napoleon_use_ivar = True
 nitpicky = False
 
 # MathJax from its usual CDN; offline, NEVE_MATHJAX points at a local copy (Debian: libjs-mathjax)
+# (MathJax 2: file:///usr/share/javascript/mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML)
 if os.environ.get("NEVE_MATHJAX"):
     mathjax_path = os.environ["NEVE_MATHJAX"]
+    myst_update_mathjax = False  # MyST's configuration is MathJax 3's
+    mathjax2_config = {"tex2jax": {"processClass": "math", "processEscapes": True}}
 
 html_theme = "furo"
 html_title = f"neve {release}"
