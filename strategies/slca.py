@@ -53,8 +53,8 @@ class SLCA(Naive):
 
     Args:
         criterion: as ``Naive``; ``None`` means ``CrossEntropyLoss()``.
-        model, optimizer, train_mb_size, train_epochs, eval_mb_size, device, plugins, evaluator,
-            eval_every: as ``Naive``.
+        model, optimizer, train_mb_size, train_epochs, eval_mb_size: as ``Naive``.
+        device, plugins, evaluator, eval_every: as ``Naive``.
         **base_kwargs: passed on to ``Naive``.
         slow_learner: the :class:`SlowLearnerPlugin` (default: its defaults).
         alignment: the :class:`ClassifierAlignmentPlugin` (default: its defaults).
