@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.neve-installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test lint data install bench clean
+.PHONY: demo test lint data install bench clean docs package-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(PY):
 $(STAMP): $(PY) setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e .[test,timm]
+	$(PY) -m pip install -q -e .[test,timm,docs]
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -37,14 +37,23 @@ demo: install data
 lint: install
 	$(PY) -m ruff check .
 
-test: install data lint
+# the docs (a minute) and the packaging (build, fresh venv, quickstart) first, then the suite
+test: install data lint docs package-check
 	$(PY) -m pytest -q
+
+# Sphinx site under docs/_build/html, warnings as errors
+docs: install
+	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+
+# sdist + wheel, the wheel installed into a fresh venv under build/, imported and run outside the clone
+package-check: install
+	PY=$(abspath $(PY)) .ci/package-check
 
 bench: install data
 	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info build dist docs/_build docs/api/generated
 
 # Mutation testing of the math modules (mutmut 3, `pip install -e .[dev]`), on demand, not in CI:
 # a copy laid out as src/neve/... so that mutmut's mutants import as neve.*; see [mutmut] in
@@ -55,5 +64,6 @@ mutation: install
 	$(PY) -m pip install -q -e .[dev]
 	rm -rf $(MUTATION) && mkdir -p $(MUTATION)/src/neve
 	cp -r models plugins strategies benchmarks $(MUTATION)/src/neve/
+	cp neve/__init__.py $(MUTATION)/src/neve/
 	cp -r tests setup.cfg pyproject.toml $(MUTATION)/
 	cd $(MUTATION) && $(abspath $(PY)) -m mutmut run; $(abspath $(PY)) -m mutmut results

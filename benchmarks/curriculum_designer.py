@@ -63,8 +63,8 @@ class CurriculumDesigner:
         device: where the teacher runs.
         samples_per_class: deprecated name of ``max_per_class``.
 
-    Attributes (after fitting):
-        classes_: ``list[int]``, the fitted classes in ascending order.
+    Attributes:
+        classes_: after fitting, ``list[int]``, the fitted classes in ascending order.
         prototypes_: ``[C, D]`` float64 tensor.
         distances_: ``[C, C]`` float64 raw distance matrix (also ``distance_matrix``).
     """

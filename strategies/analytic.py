@@ -62,8 +62,8 @@ class AnalyticCIL(ClosedFormStrategy):
             is zero logits, so training-time accuracy metrics are meaningless;
             evaluation is unaffected.
         criterion: loss reported by the metrics (no gradient is taken).
-        train_mb_size, train_epochs, eval_mb_size, device, plugins, evaluator,
-            eval_every: as ``SupervisedTemplate`` (``train_epochs`` must be 1).
+        train_mb_size, train_epochs, eval_mb_size, device, plugins, evaluator, eval_every: as
+            ``SupervisedTemplate`` (``train_epochs`` must be 1).
         max_classes: largest class count of the head (labels ``>= max_classes``
             are refused), see :class:`neve.models.IncrementalRidge`.
 

@@ -52,9 +52,10 @@ class SLCA(Naive):
     metrics are the one-process metrics; nothing in one process).
 
     Args:
-        model, optimizer, criterion, train_mb_size, train_epochs, eval_mb_size,
-        device, plugins, evaluator, eval_every, **base_kwargs: as ``Naive``
-        (``criterion=None`` means ``CrossEntropyLoss()``).
+        criterion: as ``Naive``; ``None`` means ``CrossEntropyLoss()``.
+        model, optimizer, train_mb_size, train_epochs, eval_mb_size: as ``Naive``.
+        device, plugins, evaluator, eval_every: as ``Naive``.
+        **base_kwargs: passed on to ``Naive``.
         slow_learner: the :class:`SlowLearnerPlugin` (default: its defaults).
         alignment: the :class:`ClassifierAlignmentPlugin` (default: its defaults).
         current_classes_loss: as the authors' code (each task's head is trained on
@@ -77,7 +78,8 @@ class SLCA(Naive):
     the two plugins and the clock are put back as they were.
 
     Attributes:
-        slow_learner, alignment: the two plugins.
+        slow_learner: the slow-learner plugin.
+        alignment: the classifier-alignment plugin.
     """
 
     checkpointed = ("train_mb_size", "train_epochs", "eval_mb_size", "current_classes_loss")
