@@ -101,12 +101,18 @@ class ClosedFormStrategy(SupervisedTemplate):
     What the skeleton does, so that a subclass only says how a batch is absorbed
     and how an experience is finished:
 
-    * plugins that need gradients or replay stored samples are refused, with a
-      ValueError naming them, at construction and again at :meth:`train`;
-    * an :class:`~neve.plugins.ExactShardsPlugin` is added to the plugins (unless
-      one is given): under ``torch.distributed`` each process absorbs its exact
-      shard (every item once over the processes) and evaluates the whole
-      experience; it does nothing in one process;
+    * plugins are refused, with a ValueError naming them, at construction and
+      again at :meth:`train`, when they need gradients or the optimizer
+      (:func:`needs_gradients`: any of :data:`OPTIMIZER_PLUGINS`, e.g. EWC, LwF,
+      SI, MAS, RWalk, ``LRSchedulerPlugin``, or any plugin acting in one of
+      :data:`GRADIENT_CALLBACKS`) or when they replay stored samples
+      (:func:`replays_samples`: ``ReplayPlugin``, GDumb, GSS, any plugin with a
+      ``storage_policy``);
+    * **an** :class:`~neve.plugins.ExactShardsPlugin` **is appended to the
+      plugins** (unless one is given; ``strategy.plugins`` shows it): under
+      ``torch.distributed`` each process absorbs its exact shard (every item
+      once over the processes) and evaluates the whole experience; it does
+      nothing in one process;
     * ``train_epochs`` is 1 (a second pass would count every item twice);
     * :meth:`check_experience` runs on every experience before any is trained
       (by default it refuses an experience without training samples);
@@ -114,9 +120,12 @@ class ClosedFormStrategy(SupervisedTemplate):
       before it and put back (:meth:`restore`) when anything raises; under
       ``torch.distributed`` an error of one process is raised on every process.
 
-    Subclasses supply :meth:`absorb` and :meth:`finish_experience`, and may
-    override :meth:`check_experience`, :meth:`snapshot` / :meth:`restore` (default:
-    a copy of ``state_dict()``) and :meth:`before_absorbing`.
+    Subclasses supply :meth:`absorb` and :meth:`finish_experience`, their state
+    through :meth:`state_dict` / :meth:`load_state_dict` (what a checkpoint stores
+    besides the model) and, in a class attribute ``checkpointed``, the names of the
+    settings a checkpoint must match; they may override :meth:`check_experience`,
+    :meth:`snapshot` / :meth:`restore` (default: a copy of ``state_dict()``) and
+    :meth:`before_absorbing`. ``tests/test_closed_form_extension.py`` builds one.
 
     Args:
         model, criterion, train_mb_size, eval_mb_size, device, plugins, evaluator,

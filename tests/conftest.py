@@ -36,3 +36,45 @@ def digits_data():
     from neve.benchmarks import digits
 
     return digits()
+
+
+# -- shared builders: plain functions (``from conftest import ...``), so that helpers that
+# build strategies at call time use them too; data as a fixture
+def silent_evaluator(*metrics, **accuracy):
+    """``EvaluationPlugin(*metrics, loggers=[])`` without Avalanche's "No loggers" warning.
+
+    Keyword flags add ``accuracy_metrics(**accuracy)`` first, e.g.
+    ``silent_evaluator(stream=True)``; no argument: no metric at all.
+    """
+    import warnings
+
+    from avalanche.evaluation.metrics import accuracy_metrics
+    from avalanche.training.plugins import EvaluationPlugin
+
+    if accuracy:
+        metrics = (accuracy_metrics(**accuracy), *metrics)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return EvaluationPlugin(*metrics, loggers=[])
+
+
+def tiny_model(dim: int = 16):
+    """A small ``PretrainedClassifier``: Flatten, Linear(64, dim), ReLU and a 2-class head,
+    built from ``torch.manual_seed(0)`` (the same weights on every call)."""
+    from neve.models import PretrainedClassifier
+
+    torch.manual_seed(0)
+    backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, dim), torch.nn.ReLU())
+    return PretrainedClassifier(backbone, num_classes=2, feature_dim=dim)
+
+
+@pytest.fixture(scope="module")
+def split_digits():
+    """scikit-learn digits (``digits(seed=0)``) in 5 experiences of 2 classes (seed 0)."""
+    from avalanche.benchmarks import nc_benchmark
+
+    from neve.benchmarks import digits
+
+    train, test = digits(seed=0)
+    return nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=0)
+

@@ -8,9 +8,8 @@ import pytest
 import scipy.linalg
 import torch
 from avalanche.benchmarks import class_incremental_benchmark, nc_benchmark
-from avalanche.evaluation.metrics import accuracy_metrics
-from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.supervised import Naive
+from conftest import silent_evaluator
 from resume_harness import run_full_and_resumed
 from torch import nn
 
@@ -46,12 +45,6 @@ def digit_features():
     )
 
 
-def silent():
-    with warnings.catch_warnings():  # "No loggers specified": none wanted
-        warnings.simplefilter("ignore")
-        return EvaluationPlugin(accuracy_metrics(stream=True, experience=True), loggers=[])
-
-
 def test_accumulate_and_woodbury_both_equal_joint_solution_with_growing_classes():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(700, 24, generator=gen, dtype=torch.float64)
@@ -80,7 +73,8 @@ def test_five_experience_stream_equals_joint_ridge(digit_features):
     bm = nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=0)
     strategy = AnalyticCIL(backbone=nn.Identity(), feature_dim=64,
                            buffer_size=256, gamma=1.0, train_mb_size=37,
-                           eval_mb_size=500, evaluator=silent())
+                           eval_mb_size=500,
+                           evaluator=silent_evaluator(stream=True, experience=True))
     for exp in bm.train_stream:
         strategy.train(exp)
     acc = strategy.eval(bm.test_stream)["Top1_Acc_Stream/eval_phase/test_stream/Task000"]
@@ -98,7 +92,8 @@ def test_class_incremental_benchmark_and_woodbury_strategy(digit_features):
     bm = class_incremental_benchmark({"train": train, "test": test}, num_experiences=2, seed=1)
     strategy = AnalyticCIL(backbone=nn.Identity(), feature_dim=64,
                            buffer_size=128, gamma=2.0, method="woodbury",
-                           train_mb_size=64, train_predictions=True, evaluator=silent())
+                           train_mb_size=64, train_predictions=True,
+                           evaluator=silent_evaluator(stream=True, experience=True))
     for exp in bm.train_stream:
         strategy.train(exp)  # train_predictions: a prediction per mini-batch, W unchanged
     ref = scipy_ridge(
@@ -123,7 +118,7 @@ def test_online_si_blurry_with_recurring_classes_equals_joint_ridge(digit_featur
                                  experience_size=12)
     strategy = AnalyticCIL(backbone=nn.Identity(), feature_dim=64,
                            buffer_size=200, gamma=1.0, train_mb_size=1,
-                           evaluator=silent())
+                           evaluator=silent_evaluator(stream=True, experience=True))
     n = 0
     for exp in online.train_stream:
         n += len(exp.dataset)
@@ -162,7 +157,8 @@ def test_float32_projection_stays_exact_for_its_own_features(digit_features):
     bm = nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=0)
     strategy = AnalyticCIL(backbone=nn.Identity(), feature_dim=64,
                            buffer_size=256, gamma=1.0, train_mb_size=41,
-                           projection_dtype=torch.float32, evaluator=silent())
+                           projection_dtype=torch.float32,
+                           evaluator=silent_evaluator(stream=True, experience=True))
     for exp in bm.train_stream:
         strategy.train(exp)
     buffer = strategy.model.buffer
@@ -216,7 +212,7 @@ def test_bad_inputs_raise_and_leave_state_unchanged(digit_features):
     train, test = digit_features
     bm = nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=0)
     strategy = AnalyticCIL(backbone=nn.Identity(), feature_dim=64,
-                           buffer_size=32, evaluator=silent())
+                           buffer_size=32, evaluator=silent_evaluator(stream=True, experience=True))
     strategy.train(bm.train_stream[0])
     before = _state(strategy.model)
     strategy.model.backbone = nn.Linear(64, 10)
@@ -234,7 +230,8 @@ def test_base_epochs_trains_backbone_once_then_freezes(digit_features):
     initial = _state(backbone)
     strategy = AnalyticCIL(backbone=backbone, feature_dim=32,
                            buffer_size=64, base_epochs=2, base_lr=0.05,
-                           train_mb_size=32, evaluator=silent())
+                           train_mb_size=32,
+                           evaluator=silent_evaluator(stream=True, experience=True))
     strategy.train(bm.train_stream[0])
     after_base = _state(backbone)
     assert not _same(after_base, initial)
@@ -277,7 +274,7 @@ def test_plugin_on_naive_fits_joint_ridge_on_each_experiences_features():
     plugin = AnalyticHeadPlugin(buffer_size=128, gamma=0.7, seed=1)
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
                      train_mb_size=32, train_epochs=1, eval_mb_size=128, plugins=[plugin],
-                     evaluator=silent())
+                     evaluator=silent_evaluator(stream=True, experience=True))
     feats, labels = [], []
     for exp in bm.train_stream[:3]:
         strategy.train(exp)
@@ -310,19 +307,20 @@ def test_plugin_contract_error_names_features():
     bm = nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
-                     plugins=[AnalyticHeadPlugin(32)], evaluator=silent())
+                     plugins=[AnalyticHeadPlugin(32)],
+                     evaluator=silent_evaluator(stream=True, experience=True))
     with pytest.raises(ValueError, match="no submodule 'features'"):
         strategy.train(bm.train_stream[0])
     # a callable works instead
     plugin = AnalyticHeadPlugin(32, features=lambda x: model[0](x))
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
-                     plugins=[plugin], evaluator=silent())
+                     plugins=[plugin], evaluator=silent_evaluator(stream=True, experience=True))
     strategy.train(bm.train_stream[0])
     assert plugin.head.num_classes == max(bm.train_stream[0].classes_in_this_experience) + 1
 
 
 def test_strategy_takes_avalanche_keywords_without_warnings_and_refuses_a_second_epoch():
-    evaluator = silent()
+    evaluator = silent_evaluator(stream=True, experience=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no PositionalArgumentsDeprecatedWarning
         strategy = AnalyticCIL(backbone=nn.Identity(), feature_dim=8, buffer_size=16,

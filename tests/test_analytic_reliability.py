@@ -7,11 +7,9 @@ import numpy as np
 import pytest
 import torch
 from avalanche.benchmarks import nc_benchmark
-from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training import JointTraining, Naive
 from avalanche.training.plugins import (
     AGEMPlugin,
-    EvaluationPlugin,
     EWCPlugin,
     LwFPlugin,
     MASPlugin,
@@ -20,6 +18,7 @@ from avalanche.training.plugins import (
     SynapticIntelligencePlugin,
 )
 from bad_input import assert_refused
+from conftest import silent_evaluator
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -43,12 +42,6 @@ def rel_err(w: torch.Tensor, ref: np.ndarray) -> float:
     return float(np.linalg.norm(w - ref) / np.linalg.norm(ref))
 
 
-def silent():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return EvaluationPlugin(accuracy_metrics(stream=True), loggers=[])
-
-
 def tensors(dataset):
     return torch.stack([dataset[i][0] for i in range(len(dataset))]), torch.as_tensor(
         [int(dataset[i][1]) for i in range(len(dataset))]
@@ -69,7 +62,7 @@ def state(module: nn.Module) -> dict:
 
 def analytic(**kwargs) -> AnalyticCIL:
     options = dict(backbone=nn.Identity(), feature_dim=64, buffer_size=64, gamma=1.0,
-                   train_mb_size=16, evaluator=silent())
+                   train_mb_size=16, evaluator=silent_evaluator(stream=True))
     options.update(kwargs)
     return AnalyticCIL(**options)
 
@@ -102,7 +95,7 @@ def test_plugin_with_joint_training_fits_the_whole_joint_set(bench):
     strategy = JointTraining(model=model, optimizer=torch.optim.SGD(
         model.classifier.parameters(), lr=0.01), criterion=nn.CrossEntropyLoss(),
         train_mb_size=64, train_epochs=1,
-        eval_mb_size=256, plugins=[plugin], evaluator=silent())
+        eval_mb_size=256, plugins=[plugin], evaluator=silent_evaluator(stream=True))
     strategy.train(bm.train_stream)
     assert int(plugin.head.num_seen) == len(train)
     assert rel_err(plugin.head.weight, fitted_reference(model, plugin, train, 0.5)) <= 1e-8
@@ -138,7 +131,7 @@ def test_plugin_warns_when_the_features_it_reads_are_trained(bench):
         model = FrozenNet(trainable)
         strategy = Naive(model=model, optimizer=torch.optim.SGD(
             [p for p in model.parameters() if p.requires_grad], lr=0.01), train_mb_size=64,
-            plugins=[AnalyticHeadPlugin(32)], evaluator=silent())
+            plugins=[AnalyticHeadPlugin(32)], evaluator=silent_evaluator(stream=True))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             strategy.train(bm.train_stream[0])
@@ -197,7 +190,8 @@ def test_plugin_learns_an_experience_with_a_nan_not_at_all(bench):
     model = FrozenNet()
     plugin = AnalyticHeadPlugin(32)
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.classifier.parameters(),
-                     lr=0.01), train_mb_size=64, plugins=[plugin], evaluator=silent())
+                     lr=0.01), train_mb_size=64, plugins=[plugin],
+                     evaluator=silent_evaluator(stream=True))
     strategy.train(bm.train_stream[0])
     nan_data = with_nan(bm.train_stream[1])
     bad = nc_benchmark(nan_data, nan_data, n_experiences=1, task_labels=False, seed=0)
@@ -205,7 +199,8 @@ def test_plugin_learns_an_experience_with_a_nan_not_at_all(bench):
     # the first experience refused also leaves no head at all
     fresh = AnalyticHeadPlugin(32)
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.classifier.parameters(),
-                     lr=0.01), train_mb_size=64, plugins=[fresh], evaluator=silent())
+                     lr=0.01), train_mb_size=64, plugins=[fresh],
+                     evaluator=silent_evaluator(stream=True))
     with pytest.raises(ValueError, match="NaN"):
         strategy.train(bad.train_stream[0])
     assert fresh.head is None and fresh.state_dict() == {}
@@ -370,7 +365,7 @@ def test_float_targets_are_refused_not_truncated():
     model = FrozenNet()
     plugin = AnalyticHeadPlugin(16)
     naive = Naive(model=model, optimizer=torch.optim.SGD(model.classifier.parameters(), lr=0.1),
-                  plugins=[plugin], evaluator=silent())
+                  plugins=[plugin], evaluator=silent_evaluator(stream=True))
     naive.experience = SimpleNamespace(dataset=FloatLabels(x, labels))
     assert_refused(lambda: plugin.after_training_exp(naive), "labels", state=plugin.state_dict)
 

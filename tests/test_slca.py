@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from avalanche.benchmarks import nc_benchmark
 from avalanche.core import SupervisedPlugin
-from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.supervised import Naive
+from conftest import silent_evaluator
 
 from neve.benchmarks import digits
 from neve.models import PretrainedClassifier
@@ -26,16 +25,6 @@ def bn_backbone(feature_dim: int = 12) -> torch.nn.Module:
         torch.nn.BatchNorm1d(feature_dim),
         torch.nn.ReLU(),
     )
-
-
-@pytest.fixture(scope="module")
-def split_digits():
-    train, test = digits(seed=0)
-    return nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=0)
-
-
-def silent_evaluator():
-    return EvaluationPlugin(loggers=[])
 
 
 # ------------------------------------------------------------------ statistics

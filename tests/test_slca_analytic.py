@@ -1,25 +1,11 @@
 """SLCA composes with neve's AnalyticHeadPlugin (the analytic head answers evaluation)."""
 
-import pytest
-from avalanche.benchmarks import nc_benchmark
-from test_slca_composition import (
-    SCALE,
-    check_slca_state,
-    common,
-    run,
-    tiny_model,
-)
+from conftest import tiny_model
+from test_slca_composition import FEATURE_DIM, SCALE, check_slca_state, common, run
 
-from neve.benchmarks import digits
 from neve.plugins import ClassifierAlignmentPlugin, SlowLearnerPlugin
 from neve.plugins.analytic import AnalyticHeadPlugin
 from neve.strategies import SLCA
-
-
-@pytest.fixture(scope="module")
-def split_digits():
-    train, test = digits(seed=0)
-    return nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=0)
 
 
 def test_with_analytic_head_plugin(split_digits):
@@ -28,7 +14,7 @@ def test_with_analytic_head_plugin(split_digits):
         plugins=[analytic],
         slow_learner=SlowLearnerPlugin(SCALE),
         alignment=ClassifierAlignmentPlugin(samples_per_class=32, epochs=2, batch_size=32),
-        **common(tiny_model()),
+        **common(tiny_model(FEATURE_DIM)),
     )
     acc = run(strategy, split_digits)
     check_slca_state(strategy, split_digits, strategy.alignment)

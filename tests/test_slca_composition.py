@@ -2,30 +2,16 @@
 
 import pytest
 import torch
-from avalanche.benchmarks import nc_benchmark
-from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training.determinism.rng_manager import RNGManager
-from avalanche.training.plugins import EvaluationPlugin, LwFPlugin
+from avalanche.training.plugins import LwFPlugin
 from avalanche.training.supervised import EWC, Naive, Replay
+from conftest import silent_evaluator, tiny_model
 
-from neve.benchmarks import digits
-from neve.models import PretrainedClassifier
 from neve.plugins import ClassifierAlignmentPlugin, SlowLearnerPlugin
 from neve.strategies import SLCA
 
 STREAM = "Top1_Acc_Stream/eval_phase/test_stream/Task000"
-
-
-@pytest.fixture(scope="module")
-def split_digits():
-    train, test = digits(seed=0)
-    return nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=0)
-
-
-def tiny_model():
-    torch.manual_seed(0)
-    backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 24), torch.nn.ReLU())
-    return PretrainedClassifier(backbone, num_classes=2, feature_dim=24)
+FEATURE_DIM = 24  # of tiny_model
 
 
 def common(model):
@@ -36,7 +22,7 @@ def common(model):
         train_mb_size=32,
         train_epochs=1,
         eval_mb_size=200,
-        evaluator=EvaluationPlugin(accuracy_metrics(stream=True), loggers=[]),
+        evaluator=silent_evaluator(stream=True),
     )
 
 
@@ -75,13 +61,13 @@ def check_slca_state(strategy, bm, alignment):
 
 
 def test_naive_baseline_forgets(split_digits):
-    acc = run(Naive(**common(tiny_model())), split_digits)
+    acc = run(Naive(**common(tiny_model(FEATURE_DIM))), split_digits)
     assert acc < 0.3
 
 
 def test_with_replay_strategy(split_digits):
     plugins = slca_plugins()
-    strategy = Replay(mem_size=100, plugins=plugins, **common(tiny_model()))
+    strategy = Replay(mem_size=100, plugins=plugins, **common(tiny_model(FEATURE_DIM)))
     acc = run(strategy, split_digits)
     check_slca_state(strategy, split_digits, plugins[1])
     assert acc > 0.4  # Naive stays near 0.2 (test_naive_baseline_forgets)
@@ -89,7 +75,7 @@ def test_with_replay_strategy(split_digits):
 
 def test_with_ewc_strategy(split_digits):
     plugins = slca_plugins()
-    strategy = EWC(ewc_lambda=1.0, plugins=plugins, **common(tiny_model()))
+    strategy = EWC(ewc_lambda=1.0, plugins=plugins, **common(tiny_model(FEATURE_DIM)))
     acc = run(strategy, split_digits)
     check_slca_state(strategy, split_digits, plugins[1])
     assert 0.0 < acc <= 1.0
@@ -102,7 +88,7 @@ def test_with_lwf_plugin_teacher_is_the_unaligned_model(split_digits):
         plugins=[lwf],
         slow_learner=SlowLearnerPlugin(SCALE),
         alignment=ClassifierAlignmentPlugin(samples_per_class=32, epochs=2, batch_size=32),
-        **common(tiny_model()),
+        **common(tiny_model(FEATURE_DIM)),
     )
     acc = run(strategy, split_digits)
     check_slca_state(strategy, split_digits, strategy.alignment)

@@ -6,11 +6,10 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from avalanche.benchmarks import nc_benchmark
-from avalanche.training.plugins import EvaluationPlugin, LRSchedulerPlugin
+from avalanche.training.plugins import LRSchedulerPlugin
 from bad_input import assert_refused
+from conftest import silent_evaluator
 
-from neve.benchmarks import digits
 from neve.models import PretrainedClassifier
 from neve.models.drift import mean_drift, sdc_shifts, shrink_factors
 from neve.models.head_alignment import align_head
@@ -94,12 +93,6 @@ def test_shrink_alignment_equals_alignment_on_scaled_means():
     assert not torch.allclose(align(stats, True)["weight"], align(stats, False)["weight"])
 
 
-@pytest.fixture(scope="module")
-def split_digits():
-    train, test = digits(seed=0)
-    return nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=0)
-
-
 def backbone():
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8), torch.nn.ReLU())
 
@@ -109,7 +102,7 @@ def test_plugin_drift_compensation_moves_old_means_by_sdc(split_digits):
         torch.manual_seed(0)
         model = PretrainedClassifier(backbone(), num_classes=2, feature_dim=8)
         strategy = SLCA(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                        train_mb_size=32, evaluator=EvaluationPlugin(loggers=[]),
+                        train_mb_size=32, evaluator=silent_evaluator(),
                         slow_learner=SlowLearnerPlugin(1.0),
                         alignment=ClassifierAlignmentPlugin(
                             epochs=1, samples_per_class=8, drift_compensation=compensate))
@@ -150,7 +143,7 @@ def test_alignment_refuses_bad_new_options(name, value):
 
 def test_paper_settings_build_the_papers_strategy():
     model = PretrainedClassifier(backbone(), num_classes=2, feature_dim=8)
-    strategy = SLCA.paper(model, evaluator=EvaluationPlugin(loggers=[]))
+    strategy = SLCA.paper(model, evaluator=silent_evaluator())
     groups = strategy.optimizer.param_groups
     assert [g["lr"] for g in groups] == pytest.approx([0.01, 0.0001])
     assert all(g["momentum"] == 0.9 and g["weight_decay"] == 5e-4 for g in groups)
@@ -176,7 +169,7 @@ def test_paper_settings_train_and_decay_within_an_experience(split_digits):
     model = PretrainedClassifier(backbone(), num_classes=2, feature_dim=8)
     settings = dataclasses.replace(PAPER_SETTINGS, epochs=3, lr_milestones=(2,), batch_size=64,
                                    samples_per_class=8, alignment_epochs=1)
-    strategy = SLCA.paper(model, settings, evaluator=EvaluationPlugin(loggers=[]),
+    strategy = SLCA.paper(model, settings, evaluator=silent_evaluator(),
                           slow_learner_options={"norm_stats": "eval"})
     seen = []
 

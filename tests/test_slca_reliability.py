@@ -4,18 +4,16 @@ import math
 
 import pytest
 import torch
-from avalanche.benchmarks import benchmark_from_datasets, nc_benchmark
+from avalanche.benchmarks import benchmark_from_datasets
 from avalanche.benchmarks.scenarios.online import split_online_stream
 from avalanche.benchmarks.utils import as_classification_dataset
-from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.models import MultiHeadClassifier
 from avalanche.training.determinism.rng_manager import RNGManager
-from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.supervised import JointTraining, Naive
 from bad_input import assert_refused
+from conftest import silent_evaluator, tiny_model
 
 from neve.benchmarks import LabelledTensorDataset, digits
-from neve.models import PretrainedClassifier
 from neve.models.gaussians import ClassGaussianStats
 from neve.models.head_alignment import align_head, alignment_batch_size
 from neve.plugins import ClassifierAlignmentPlugin, SlowLearnerPlugin
@@ -23,16 +21,6 @@ from neve.strategies import SLCA
 
 RIDGE = 1e-4
 STREAM = "Top1_Acc_Stream/eval_phase/test_stream/Task000"
-
-
-@pytest.fixture(scope="module")
-def split_digits():
-    train, test = digits(seed=0)
-    return nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=0)
-
-
-def silent():
-    return EvaluationPlugin(loggers=[])
 
 
 class FixedHead(torch.nn.Module):
@@ -48,12 +36,6 @@ class FixedHead(torch.nn.Module):
 
     def forward(self, x):
         return self.classifier(self.features(x))
-
-
-def tiny_model(dim: int = 16):
-    torch.manual_seed(0)
-    backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, dim), torch.nn.ReLU())
-    return PretrainedClassifier(backbone, num_classes=2, feature_dim=dim)
 
 
 def features_of(model, dataset):
@@ -122,7 +104,7 @@ def test_plugin_merges_a_class_that_comes_back(split_digits):
     model = FixedHead()
     model.features.requires_grad_(False)
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.classifier.parameters(), lr=0.1),
-                     train_mb_size=32, evaluator=silent(),
+                     train_mb_size=32, evaluator=silent_evaluator(),
                      plugins=[ClassifierAlignmentPlugin(samples_per_class=8, epochs=1)])
     plugin = strategy.plugins[0]
     for exp in bm.train_stream:
@@ -159,7 +141,7 @@ def test_slca_refuses_a_nan_pixel_before_the_weights_change(split_digits):
     bm = benchmark_from_datasets(train=[data], test=[exp.dataset])
     model = FixedHead()
     strategy = SLCA(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
-                    train_mb_size=16, evaluator=silent())
+                    train_mb_size=16, evaluator=silent_evaluator())
     before = {k: v.clone() for k, v in model.state_dict().items()}
     plugin_before = strategy.alignment.state_dict()
     with pytest.raises(ValueError, match="NaN or inf"):
@@ -189,7 +171,7 @@ def test_joint_training_stores_the_statistics_of_the_whole_joint_set(split_digit
     plugin = ClassifierAlignmentPlugin(samples_per_class=16, epochs=1)
     strategy = JointTraining(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
                              criterion=torch.nn.CrossEntropyLoss(),
-                             train_mb_size=32, train_epochs=1, evaluator=silent(),
+                             train_mb_size=32, train_epochs=1, evaluator=silent_evaluator(),
                              plugins=[plugin])
     strategy.train(split_digits.train_stream)
     all_data = torch.utils.data.ConcatDataset([e.dataset.eval() for e in split_digits.train_stream])
@@ -226,7 +208,7 @@ def test_slca_derives_the_current_classes_from_the_targets(split_digits):
     online = split_online_stream(split_digits.train_stream[2:3], experience_size=40)
     model = FixedHead()
     strategy = Check(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
-                     train_mb_size=16, evaluator=silent(),
+                     train_mb_size=16, evaluator=silent_evaluator(),
                      alignment=ClassifierAlignmentPlugin(samples_per_class=8, epochs=1))
     for exp in [*bfd.train_stream, *list(online)[:2]]:
         strategy.train(exp)
@@ -247,7 +229,7 @@ def test_multi_head_classifier_is_refused_before_any_change(split_digits):
         SLCA(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05))
     plugin = ClassifierAlignmentPlugin(samples_per_class=8, epochs=1)
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
-                     train_mb_size=16, evaluator=silent(), plugins=[plugin])
+                     train_mb_size=16, evaluator=silent_evaluator(), plugins=[plugin])
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match="single-head"):
         strategy.train(split_digits.train_stream[0])
@@ -281,7 +263,7 @@ def naive_with_alignment(bm, **options):
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05,
                                                             momentum=0.9),
                      train_mb_size=32, train_epochs=1, eval_mb_size=256,
-                     evaluator=EvaluationPlugin(accuracy_metrics(stream=True), loggers=[]),
+                     evaluator=silent_evaluator(stream=True),
                      plugins=plugins)
     for exp in bm.train_stream:
         strategy.train(exp)
