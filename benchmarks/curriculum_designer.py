@@ -56,10 +56,12 @@ class CurriculumDesigner:
         distance: a name of :data:`~neve.benchmarks.class_distances.CLASS_DISTANCES`:
             ``"cosine"`` or ``"euclidean"`` between prototypes; between the
             classes' feature samples (up to ``max_per_class`` each,
-            :mod:`neve.benchmarks.otdd`): ``"otdd"`` (the OTDD as the
-            Learning2Learn authors compute it: debiased Sinkhorn, eps 0.1,
-            entropic label term, positive diagonal), ``"otdd_exact"`` (exact
-            OT, Gaussian label term) or ``"w2"`` (2-Wasserstein, no label term).
+            :mod:`neve.benchmarks.otdd`): ``"otdd"`` (exact OT with the
+            label-augmented cost: ``W2^2``, within ``1.5 eps log n`` of the
+            reference's entropic value), ``"otdd_entropic"`` (the reference's
+            debiased Sinkhorn, eps 0.1, entropic label term, positive diagonal;
+            small-scale features only), ``"otdd_gaussian"`` (Gaussian label
+            term) or ``"w2"`` (2-Wasserstein, no label term).
         max_per_class: images per class used for the prototypes (``None``: all).
         seed: seed of the choice of those images.
         device: where the teacher runs.

@@ -123,8 +123,9 @@ def test_digits_classes_0_and_1_read_as_the_reference_reads_them():
 def test_designer_otdd_is_the_reference_matrix_normalised_with_its_diagonal():
     g = torch.Generator().manual_seed(0)
     y = torch.arange(4).repeat_interleave(10)
-    x = torch.randn(40, 3, generator=g) + y.float().view(-1, 1) * torch.tensor([1.0, 0.5, 0.0])
-    designer = CurriculumDesigner(distance="otdd", max_per_class=8, seed=0).fit_features(x, y)
+    x = 0.3 * torch.randn(40, 3, generator=g) + y.float().view(-1, 1) * torch.tensor([0.4, 0.2, 0])
+    designer = CurriculumDesigner(distance="otdd_entropic", max_per_class=8, seed=0)
+    designer.fit_features(x, y)
     keep = designer._subsample(y, list(range(4)))
     raw = otdd_distances([x[keep][y[keep] == c].numpy() for c in range(4)])
     assert np.allclose(designer.distances_.numpy(), raw, rtol=1e-9)
@@ -135,8 +136,25 @@ def test_designer_otdd_is_the_reference_matrix_normalised_with_its_diagonal():
     assert np.allclose(d, hand) and np.allclose(var, row_var / row_var.sum())
 
 
+def test_entropic_otdd_is_within_its_bound_of_the_exact_one_and_designer_otdd_is_exact():
+    rng = np.random.default_rng(6)
+    samples = [0.4 * rng.normal(size=(10, 2)) + s for s in ([0, 0], [0.8, 0], [0, 1.0])]
+    exact = otdd_distances(samples, method="exact", label="exact")
+    w2sq = np.array([[assignment_ot(sqdist(a, b)) for b in samples] for a in samples])
+    assert np.allclose(exact, w2sq, rtol=1e-9, atol=1e-12)  # both halves are W2^2 / 2
+    for eps in (0.1, 0.05):
+        entropic = otdd_distances(samples, eps=eps)
+        assert np.all(np.abs(entropic - exact) <= 1.5 * eps * np.log(10) + 1e-6)
+        assert np.all(np.diag(entropic) <= eps * np.log(10) / 2 + 1e-6)
+    y = torch.arange(3).repeat_interleave(10)
+    x = torch.from_numpy(np.concatenate(samples))
+    designer = CurriculumDesigner(distance="otdd", max_per_class=None).fit_features(x, y)
+    assert np.allclose(designer.distances_.numpy(), w2sq, rtol=1e-9, atol=1e-12)
+
+
 def test_designer_distances_come_from_a_registry():
-    assert {"cosine", "euclidean", "otdd", "otdd_exact", "w2"} <= set(CLASS_DISTANCES)
+    assert {"cosine", "euclidean", "otdd", "otdd_entropic", "otdd_gaussian", "w2"} <= set(
+        CLASS_DISTANCES)
 
     @register_distance("test_manhattan")
     def manhattan(prototypes, samples):
