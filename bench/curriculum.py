@@ -37,6 +37,7 @@ from neve.benchmarks import (
     curriculum_benchmark,
     fashion_mnist,
 )
+from neve.benchmarks.class_distances import CLASS_DISTANCES
 from neve.benchmarks.curriculum_score import (
     normalize_rows,
     prototype_distances,
@@ -44,7 +45,6 @@ from neve.benchmarks.curriculum_score import (
     score_orders,
 )
 from neve.benchmarks.curriculum_search import all_orders, rank_orders
-from neve.benchmarks.class_distances import CLASS_DISTANCES
 from neve.benchmarks.datasets import IndexedSubset, balanced_indices
 from neve.models import extract_features, pretrained_backbone
 from neve.plugins import CurriculumEffectiveness, PhaseProgressLogger
@@ -257,7 +257,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--also-distance", nargs="*", default=[], choices=sorted(set(CLASS_DISTANCES) - {"cosine"}),
+    parser.add_argument("--also-distance", nargs="*", default=[],
+                        choices=sorted(set(CLASS_DISTANCES) - {"cosine"}),
                         help="score the same orders with these distances too (same F runs)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

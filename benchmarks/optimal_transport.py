@@ -108,20 +108,20 @@ def entropic_ot(
 
 def sinkhorn_divergence(cost_xy: torch.Tensor, cost_xx: torch.Tensor, cost_yy: torch.Tensor,
                         eps: float) -> float:
-    """Debiased ``S_eps = OT_eps(x, y) - (OT_eps(x, x) + OT_eps(y, y)) / 2`` from its three costs."""
+    """Debiased ``S_eps = OT_eps(x, y) - (OT_eps(x, x) + OT_eps(y, y)) / 2`` from its costs."""
     self_terms = entropic_ot(cost_xx, eps) + entropic_ot(cost_yy, eps)
     return entropic_ot(cost_xy, eps) - 0.5 * self_terms
 
 
 def gaussian_fit(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean ``[D]`` and unbiased covariance ``[D, D]`` (divided by ``n - 1``) of ``x`` ``[n, D]``, n >= 2."""
+    """Mean ``[D]`` and unbiased covariance ``[D, D]`` (over ``n - 1``) of ``x [n, D]``, n >= 2."""
     mean = x.mean(0)
     centred = x - mean
     return mean, centred.T @ centred / (x.shape[0] - 1)
 
 
 def psd_sqrt(s: torch.Tensor) -> torch.Tensor:
-    """Symmetric square root of a symmetric positive semi-definite matrix (eigenvalues clipped at 0)."""
+    """Symmetric square root of a symmetric PSD matrix (eigenvalues clipped at 0)."""
     w, v = torch.linalg.eigh(0.5 * (s + s.T))
     return (v * w.clamp_min(0.0).sqrt()) @ v.T
 

@@ -78,7 +78,9 @@ LABEL_TERMS = ("entropic", "exact", "gaussian")
 def _check_samples(x: object, name: str) -> torch.Tensor:
     arr = torch.as_tensor(np.asarray(torch.as_tensor(x).detach().cpu())).double()
     if arr.dim() != 2 or arr.shape[0] < 1:
-        raise ValueError(f"{name} must be a non-empty [n, D] feature sample, got {tuple(arr.shape)}")
+        raise ValueError(
+            f"{name} must be a non-empty [n, D] feature sample, got {tuple(arr.shape)}"
+        )
     if not bool(torch.isfinite(arr).all()):
         raise ValueError(f"{name} must be finite (it holds NaN or inf)")
     return arr

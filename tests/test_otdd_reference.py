@@ -38,7 +38,8 @@ def test_exact_otdd_with_the_gaussian_label_term_is_assignment_plus_bures():
     for n, dim in [(6, 2), (10, 3), (14, 4)]:
         x, y = rng.normal(size=(n, dim)), rng.normal(1.0, 2.0, size=(n, dim))
         expected = assignment_ot(sqdist(x, y) / 2) + gaussian_w2_squared(x, y) / 2
-        assert class_otdd(x, y, method="exact", label="gaussian") == pytest.approx(expected, rel=1e-9)
+        got = class_otdd(x, y, method="exact", label="gaussian")
+        assert got == pytest.approx(expected, rel=1e-9)
 
 
 def test_the_label_term_changes_with_the_classes_spread_not_only_their_means():
