@@ -37,6 +37,7 @@ from neve.benchmarks import (
     curriculum_benchmark,
     fashion_mnist,
 )
+from neve.benchmarks.class_distances import CLASS_DISTANCES
 from neve.benchmarks.curriculum_score import (
     normalize_rows,
     prototype_distances,
@@ -44,7 +45,7 @@ from neve.benchmarks.curriculum_score import (
     score_orders,
 )
 from neve.benchmarks.curriculum_search import all_orders, rank_orders
-from neve.benchmarks.datasets import balanced_indices
+from neve.benchmarks.datasets import IndexedSubset, balanced_indices
 from neve.benchmarks.results import mean_and_spread
 from neve.models import extract_features, pretrained_backbone
 from neve.plugins import CurriculumEffectiveness, PhaseProgressLogger
@@ -183,14 +184,17 @@ def paper_experiment(per_class_train: int, per_class_test: int, seeds: int, devi
     train_full, test_full = fashion_mnist()
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout pure JSON
         backbone = pretrained_backbone()
-    feats, labels = extract_features(backbone, train_full, progress=False)
+    # only the images the designers use: the same 500 per class they would draw
+    # from the whole set (balanced_indices draws each class independently)
+    used = balanced_indices(torch.as_tensor(train_full.targets), 500, classes, seed=0)
+    feats, labels = extract_features(backbone, IndexedSubset(train_full, used), progress=False)
     designer = CurriculumDesigner(max_per_class=500, seed=0).fit_features(feats, labels)
     orders, cd_scores = designer.rank(classes=classes, return_scores=True)
     # the same orders scored with the other distances, for the same F runs
     other_scores = {}
     for distance in other_distances:
         other = CurriculumDesigner(distance=distance, max_per_class=500, seed=0)
-        other.fit_features(feats, labels)
+        other.fit_features(feats, labels, classes)
         other_scores[distance] = np.array([other.score(o, classes) for o in orders])
 
     train = _tensor_subset(train_full, classes, per_class_train, seed=0)
@@ -255,7 +259,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--also-distance", nargs="*", default=[], choices=["euclidean", "otdd"],
+    parser.add_argument("--also-distance", nargs="*", default=[],
+                        choices=sorted(set(CLASS_DISTANCES) - {"cosine"}),
                         help="score the same orders with these distances too (same F runs)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

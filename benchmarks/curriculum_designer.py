@@ -24,22 +24,20 @@ from ..models.backbones import Backbone, pretrained_backbone
 from ..models.core.checks import check_bool, check_int, check_labelled, check_seed
 from ..models.core.distributed import default_reduction, shard
 from ..models.features import extract_features
+from .class_distances import CLASS_DISTANCES
 from .curriculum_plot import save_distance_heatmap
 from .curriculum_score import (
-    DISTANCES,
     as_class_list,
     check_order,
     class_prototypes,
     curriculum_score,
     features_and_targets,
     normalize_rows,
-    prototype_distances,
     row_variances,
 )
 from .curriculum_search import rank_orders
 from .datasets import IndexedSubset, balanced_indices
 from .deprecation import NOT_GIVEN, renamed_keyword, warn_renamed
-from .otdd import otdd_distances
 
 
 class CurriculumDesigner:
@@ -55,9 +53,15 @@ class CurriculumDesigner:
             ``None`` uses ``neve.models.pretrained_backbone()`` (EfficientNet-Lite0,
             64 px). A :class:`~neve.models.Backbone`'s features are cached on
             disk; those of any other module or callable are not.
-        distance: ``"cosine"`` or ``"euclidean"`` distance between prototypes, or
-            ``"otdd"``: the optimal-transport distance between the classes' feature
-            samples (up to ``max_per_class`` each; :mod:`neve.benchmarks.otdd`).
+        distance: a name of :data:`~neve.benchmarks.class_distances.CLASS_DISTANCES`:
+            ``"cosine"`` or ``"euclidean"`` between prototypes; between the
+            classes' feature samples (up to ``max_per_class`` each,
+            :mod:`neve.benchmarks.otdd`): ``"otdd"`` (exact OT with the
+            label-augmented cost: ``W2^2``, within ``1.5 eps log n`` of the
+            reference's entropic value), ``"otdd_entropic"`` (the reference's
+            debiased Sinkhorn, eps 0.1, entropic label term, positive diagonal;
+            small-scale features only), ``"otdd_gaussian"`` (Gaussian label
+            term) or ``"w2"`` (2-Wasserstein, no label term).
         max_per_class: images per class used for the prototypes (``None``: all).
         seed: seed of the choice of those images.
         device: where the teacher runs.
@@ -111,8 +115,10 @@ class CurriculumDesigner:
             raise TypeError(
                 f"teacher must be None, a torch module or a callable, got {type(teacher).__name__}"
             )
-        if not isinstance(self.distance, str) or self.distance not in DISTANCES:
-            raise ValueError(f"distance must be one of {DISTANCES}, got {self.distance!r}")
+        if not isinstance(self.distance, str) or self.distance not in CLASS_DISTANCES:
+            raise ValueError(
+                f"distance must be one of {tuple(CLASS_DISTANCES)}, got {self.distance!r}"
+            )
         check_int(self.max_per_class, "max_per_class", minimum=1, optional=True)
         check_seed(self.seed)
         if not isinstance(self.device, (str, torch.device)):
@@ -144,11 +150,9 @@ class CurriculumDesigner:
         classes = self._resolve_classes(targets, classes)
         keep = self._subsample(targets, classes)
         protos = class_prototypes(features[keep], targets[keep], classes)
-        if self.distance == "otdd":
-            kept, labels = features[keep], targets[keep]
-            dist = otdd_distances([kept[labels == c] for c in classes])
-        else:
-            dist = prototype_distances(protos, self.distance)
+        kept, labels = features[keep], targets[keep]
+        samples = [kept[labels == c] for c in classes]
+        dist = CLASS_DISTANCES[self.distance](protos, samples)
         normalize_rows(dist)  # raises now if two prototypes coincide
         self.classes_ = classes
         self.prototypes_ = protos
@@ -326,8 +330,10 @@ class CurriculumDesigner:
         if key not in state:
             raise ValueError("state must hold max_per_class (or samples_per_class)")
         distance = state["distance"]
-        if not isinstance(distance, str) or distance not in DISTANCES:
-            raise ValueError(f"state's distance must be one of {DISTANCES}, got {distance!r}")
+        if not isinstance(distance, str) or distance not in CLASS_DISTANCES:
+            raise ValueError(
+                f"state's distance must be one of {tuple(CLASS_DISTANCES)}, got {distance!r}"
+            )
         max_per_class = check_int(state[key], "state's max_per_class", minimum=1, optional=True)
         seed = check_seed(state["seed"], "state's seed")
         fitted = None

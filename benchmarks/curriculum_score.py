@@ -44,7 +44,6 @@ import torch
 
 from ..models.core.checks import check_int, check_labels
 
-DISTANCES = ("cosine", "euclidean", "otdd")
 PROTOTYPE_DISTANCES = ("cosine", "euclidean")
 
 
@@ -167,7 +166,7 @@ def prototype_distances(prototypes: torch.Tensor, distance: str = "cosine") -> n
     if distance not in PROTOTYPE_DISTANCES:
         raise ValueError(
             f"distance must be one of {PROTOTYPE_DISTANCES} between prototypes, got {distance!r}"
-            + (" (otdd needs per-class samples: neve.benchmarks.otdd.otdd_distances)"
+            + (" (otdd needs per-class samples: neve.benchmarks.otdd)"
                if distance == "otdd" else "")
         )
     p = torch.as_tensor(prototypes).double()
