@@ -99,7 +99,9 @@ class SlowLearnerPlugin(SupervisedPlugin, supports_distributed=True):
     Paper: backbone lr 1e-4, head lr 1e-2 (scale 0.01), SGD momentum 0.9; all
     the paper's settings in :mod:`neve.strategies.slca_settings`.
 
-    Args (constraints in :data:`OPTIONS`):
+    The constraints of the arguments are the table :data:`OPTIONS`.
+
+    Args:
         backbone_lr_scale: factor (>= 0) on the representation's learning rate;
             0 freezes it in effect (gradients are still computed).
         head: attribute name of the classifier on the model.

@@ -7,7 +7,8 @@ import re
 import pytest
 from code_blocks import DOCS
 
-PACKAGES = ("neve.models", "neve.benchmarks", "neve.plugins", "neve.strategies")
+PACKAGES = ("neve.models", "neve.benchmarks", "neve.benchmarks.results", "neve.plugins",
+            "neve.strategies")
 
 
 def declared_names(page: str) -> list[str]:

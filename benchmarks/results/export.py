@@ -103,8 +103,8 @@ def run_seeds(make_strategy: Callable[[int], object], benchmark, seeds: Iterable
     ``on_step(seed, step, results)`` sees each evaluation's results.
 
     Returns:
-        ``{"seeds": [...], "matrices": [R per seed, as lists], "figures": mean_and_spread of
-        the scalar figures}``.
+        A dict with ``"seeds"``, ``"matrices"`` (R per seed, as lists) and ``"figures"``
+        (:func:`mean_and_spread` of the scalar figures).
     """
     seeds = [check_seed(s, "seeds") for s in seeds]
     if not seeds:
