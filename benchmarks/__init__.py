@@ -27,13 +27,12 @@ from .episodes import (
     run_episodes,
 )
 from .instance import cfsl_episodes, episode_benchmark, instance_test_episodes
-from .online import BoundaryAwareOnlineExperience, seen_classes_stream, split_online
+from .online import BoundaryAwareOnlineExperience, split_online
 from .si_blurry import si_blurry_benchmark, si_blurry_split
 
 __all__ = [
     "si_blurry_benchmark",
     "si_blurry_split",
-    "seen_classes_stream",
     "BoundaryAwareOnlineExperience",
     "CurriculumDesigner",
     "curriculum_benchmark",

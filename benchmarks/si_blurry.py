@@ -30,7 +30,7 @@ In the online variant the tasks are cut into experiences of ``experience_size``
 samples, in the task's shuffled order (:func:`~neve.benchmarks.online.split_online`:
 each experience knows its classes, so an ``IncrementalClassifier`` can grow on it).
 Evaluate on the classes seen so far with
-:func:`~neve.benchmarks.online.seen_classes_stream` or
+:func:`~neve.plugins.seen_classes_stream` or
 :class:`~neve.plugins.online_metrics.SeenClassesEvaluation`.
 """
 
@@ -289,7 +289,7 @@ def si_blurry_benchmark(
         ``dropped_classes`` (used nowhere). An empty task has no experience: the
         reference trains on it for zero steps, and an Avalanche experience cannot
         be empty. The test stream holds the used classes only; evaluate on the
-        classes seen so far with :func:`~neve.benchmarks.online.seen_classes_stream`.
+        classes seen so far with :func:`~neve.plugins.seen_classes_stream`.
     """
     experience_size = renamed_keyword(experience_size, online_batch_size, new="experience_size",
                                       old="online_batch_size", default=10)

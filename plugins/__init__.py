@@ -18,6 +18,7 @@ from .distributed import DDPPlugin, ExactShardsPlugin, GlobalBatchPlugin, WholeE
 from .online_metrics import AnytimeAccuracy, LastAccuracy, SeenClassesEvaluation
 from .process_group import init_distributed
 from .progress import PhaseProgressLogger
+from .seen_classes import seen_classes_stream
 from .slow_learner import SlowLearnerPlugin
 
 restore_submodule_attributes()
@@ -33,6 +34,7 @@ __all__ = [
     "AnytimeAccuracy",
     "LastAccuracy",
     "SeenClassesEvaluation",
+    "seen_classes_stream",
     "PhaseProgressLogger",
     "curriculum_effectiveness",
     "effectiveness_f",

@@ -8,7 +8,7 @@ points every ``every`` samples, the area under the accuracy-versus-samples curve
 divided by its length), ``A_last`` the accuracy on the seen classes at the end.
 
 * :class:`SeenClassesEvaluation` (a plugin) counts the stream's samples and runs
-  ``strategy.eval`` on :func:`~neve.benchmarks.online.seen_classes_stream` when a
+  ``strategy.eval`` on :func:`~neve.plugins.seen_classes_stream` when a
   point is due (the stream ``"anytime_test"``);
 * :class:`AnytimeAccuracy` (``A_auc``) and :class:`LastAccuracy` (``A_last``) are
   Avalanche metrics for an ``EvaluationPlugin``: each measures the accuracy of
@@ -25,9 +25,9 @@ from avalanche.core import SupervisedPlugin
 from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
 
-from ..benchmarks.online import SEEN_STREAM, as_classification_dataset, seen_classes_stream
 from ..models.core.checks import Bool, Int, Text, check_labelled, validate
 from ..models.core.distributed import default_reduction
+from .seen_classes import SEEN_STREAM, as_classification_dataset, seen_classes_stream
 
 __all__ = ["ANYTIME_STREAM", "AnytimeAccuracy", "LastAccuracy", "SeenClassesEvaluation",
            "anytime_accuracy", "evaluation_due", "seen_class_predictions"]

@@ -10,13 +10,14 @@ from avalanche.training.supervised import Naive
 from bad_input import assert_refused
 from torch import nn
 
-from neve.benchmarks import LabelledTensorDataset, seen_classes_stream, si_blurry_benchmark
+from neve.benchmarks import LabelledTensorDataset, si_blurry_benchmark
 from neve.plugins import (
     AnytimeAccuracy,
     LastAccuracy,
     SeenClassesEvaluation,
     maybe_load_checkpoint,
     save_checkpoint,
+    seen_classes_stream,
 )
 from neve.plugins.online_metrics import (
     anytime_accuracy,

@@ -16,7 +16,7 @@ PUBLIC = {
         "LastAccuracy", "SeenClassesEvaluation", "SlowLearnerPlugin", "WholeEvaluationPlugin",
         "curriculum_effectiveness",
         "effectiveness_f", "init_distributed", "maybe_load_checkpoint",
-        "restore_submodule_attributes", "save_checkpoint",
+        "restore_submodule_attributes", "save_checkpoint", "seen_classes_stream",
     ],
     "neve.benchmarks": [
         "BackboneFeatures", "BoundaryAwareOnlineExperience", "CurriculumDesigner",
@@ -25,7 +25,7 @@ PUBLIC = {
         "default_cache_dir", "digits", "disc_mask", "encode_episode", "encode_episodes",
         "episode_benchmark", "fashion_mnist", "instance_test_episodes", "make_corruption",
         "mean_confidence_interval", "occlusion_radius", "paired_conditions", "run_episodes",
-        "score_orders", "seen_classes_stream", "select_classes", "si_blurry_benchmark",
+        "score_orders", "select_classes", "si_blurry_benchmark",
         "si_blurry_split", "split_online",
     ],
     "neve.strategies": [
