@@ -232,14 +232,15 @@ def test_load_state_dict_refuses_bad_norm_stats_unchanged():
     assert_refused(lambda: plugin.load_state_dict(state), "norm_stats", state=plugin.state_dict)
 
 
-def test_slca_in_eval_mode_first_experience_is_learned(split_digits):
+@pytest.mark.parametrize("norm_stats", ["eval", "eval_slow"])
+def test_slca_in_eval_mode_first_experience_is_learned(split_digits, norm_stats):
     torch.manual_seed(0)
     model = PretrainedClassifier(bn_dropout_backbone(), num_classes=2, feature_dim=12)
     strategy = SLCA(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05,
                                                            momentum=0.9),
                     train_mb_size=32, train_epochs=3,
                     evaluator=EvaluationPlugin(accuracy_metrics(stream=True), loggers=[]),
-                    slow_learner=SlowLearnerPlugin(1.0, norm_stats="eval"),
+                    slow_learner=SlowLearnerPlugin(1.0, norm_stats=norm_stats),
                     alignment=ClassifierAlignmentPlugin(epochs=0))
     strategy.train(split_digits.train_stream[0])
     acc = strategy.eval(split_digits.test_stream[:1])

@@ -5,16 +5,14 @@ import pytest
 import torch
 from avalanche.benchmarks import nc_benchmark
 from avalanche.core import SupervisedPlugin
-from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.supervised import Naive
 
 from neve.benchmarks import digits
 from neve.models import PretrainedClassifier
 from neve.models.norm_stats import batch_moments, move_running_stats, slow_momentum
-from neve.plugins import ClassifierAlignmentPlugin, SlowLearnerPlugin
+from neve.plugins import SlowLearnerPlugin
 from neve.plugins.slow_learner import split_param_groups
-from neve.strategies import SLCA
 
 
 def bn_dropout_backbone(feature_dim: int = 12) -> torch.nn.Module:
@@ -131,22 +129,6 @@ def test_slow_momentum_of_a_cumulative_layer_and_a_batch_of_one():
     move_running_stats(bn, torch.randn(1, 3), 0.5)  # no variance in one sample: no move
     assert all(torch.equal(v, before[k]) for k, v in bn.state_dict().items())
 
-
-def test_slca_with_eval_slow_learns_its_first_experience(split_digits):
-    torch.manual_seed(0)
-    model = PretrainedClassifier(bn_dropout_backbone(), num_classes=2, feature_dim=12)
-    strategy = SLCA(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05,
-                                                           momentum=0.9),
-                    train_mb_size=32, train_epochs=3,
-                    evaluator=EvaluationPlugin(accuracy_metrics(stream=True), loggers=[]),
-                    slow_learner=SlowLearnerPlugin(1.0, norm_stats="eval_slow"),
-                    alignment=ClassifierAlignmentPlugin(epochs=0))
-    strategy.train(split_digits.train_stream[0])
-    acc = strategy.eval(split_digits.test_stream[:1])
-    assert acc["Top1_Acc_Stream/eval_phase/test_stream/Task000"] > 0.9
-
-
-# ------------------------------------------------------------------ schedulers and the split
 
 
 def two_part_model():
