@@ -218,14 +218,16 @@ def test_two_writers_of_the_same_entry_never_collide(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", replace)
     ds, errors, results = data(0), [], []
+    # Built here, not in the threads: Tiny seeds torch's global generator, which threads share.
+    encoders = [Tiny(), Tiny()]
 
-    def write():
+    def write(enc):
         try:
-            results.append(cached(Tiny(), ds, tmp_path))
+            results.append(cached(enc, ds, tmp_path))
         except BaseException as error:  # noqa: BLE001
             errors.append(error)
 
-    threads = [threading.Thread(target=write) for _ in range(2)]
+    threads = [threading.Thread(target=write, args=(enc,)) for enc in encoders]
     for t in threads:
         t.start()
     for t in threads:
@@ -354,3 +356,77 @@ def test_a_damaged_cached_convnet_is_trained_again_with_a_warning(tmp_path):
     for key, value in first.state_dict().items():
         assert torch.equal(value, second.state_dict()[key]), key  # the same seeded training
     assert [p.name for p in entry.parent.iterdir()] == [entry.name]
+
+
+_WRITER = r"""
+import os, sys, time
+from pathlib import Path
+import torch
+from torch import nn
+from neve.benchmarks import LabelledTensorDataset
+from neve.models import extract_features
+
+cache, rendezvous, me = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+real = os.replace
+
+def replace(src, dst, *args, **kwargs):
+    # Both processes hold a finished temporary file before either renames.
+    (rendezvous / me).touch()
+    deadline = time.monotonic() + 60
+    while len(list(rendezvous.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return real(src, dst, *args, **kwargs)
+
+os.replace = replace
+
+class Tiny(nn.Module):
+    name, input_size = "tiny", 4
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(16, 5)
+        self.calls = 0
+    def forward(self, x):
+        self.calls += 1
+        return self.linear(x.float().flatten(1))
+
+encoder = Tiny()
+g = torch.Generator().manual_seed(0)
+ds = LabelledTensorDataset(torch.rand(12, 1, 4, 4, generator=g), torch.arange(12) % 3)
+features, _ = extract_features(encoder, ds, cache_dir=cache, progress=False)
+torch.save(features, cache.parent / f"{me}.pt")
+print(encoder.calls)
+"""
+
+
+def test_two_processes_writing_the_same_entry_never_collide(tmp_path):
+    """Two interpreters write one cache entry at the same moment: both succeed, one entry stays."""
+    import subprocess
+    import sys
+
+    cache, rendezvous = tmp_path / "cache", tmp_path / "rendezvous"
+    cache.mkdir()
+    rendezvous.mkdir()
+    script = tmp_path / "writer.py"
+    script.write_text(_WRITER)
+    def run(name):
+        # -W error: a writer that lost its file only warns ("feature cache not written").
+        command = [sys.executable, "-W", "error::RuntimeWarning", str(script), str(cache),
+                   str(rendezvous), name]
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    writers = [run("first"), run("second")]
+    for writer in writers:
+        _, err = writer.communicate(timeout=180)
+        assert writer.returncode == 0, err
+    assert sorted(p.name for p in rendezvous.iterdir()) == ["first", "second"]  # both renamed
+    entry = only_entry(cache)  # no temporary file of either writer left
+    assert entry.suffix == ".pt"
+    reader = run("third")
+    calls, err = reader.communicate(timeout=180)
+    assert reader.returncode == 0, err
+    assert int(calls) == 0  # a third interpreter loads the entry: it is whole and its own
+    first, second, third = (torch.load(tmp_path / f"{n}.pt") for n in ("first", "second", "third"))
+    assert torch.equal(first, second) and torch.equal(third, first)
+    assert torch.equal(first, fresh(Tiny(), data(0))[0])
