@@ -26,7 +26,6 @@ from torch.utils.data import Dataset
 from ..models.core.checks import check_bool, check_int, check_labelled, check_seed
 from .curriculum_score import as_class_list, check_order
 from .datasets import IndexedSubset
-from .deprecation import NOT_GIVEN, renamed_keyword
 from .online import split_online
 
 
@@ -53,7 +52,6 @@ def curriculum_benchmark(
     online: bool = False,
     experience_size: int = 64,
     seed: int = 0,
-    mb_size: int = NOT_GIVEN,
 ) -> CLScenario:
     """Class-incremental benchmark whose experiences follow ``order`` exactly.
 
@@ -72,7 +70,6 @@ def curriculum_benchmark(
             offline per-class stream is ``train_stream`` of ``online=False``.
         experience_size: items per online mini-experience.
         seed: shuffle seed of the online split.
-        mb_size: deprecated name of ``experience_size``.
 
     Raises:
         TypeError: an argument of the wrong kind (a non-integer label or size,
@@ -82,9 +79,6 @@ def curriculum_benchmark(
             ``classes_per_experience`` < 1 or not dividing ``len(order)``,
             ``experience_size`` < 1, ``seed`` < 0.
     """
-    experience_size = renamed_keyword(
-        experience_size, mb_size, new="experience_size", old="mb_size", default=64
-    )
     order = check_order(order)
     train_targets = check_labelled(train, "train")
     test_targets = check_labelled(test, "test")

@@ -37,7 +37,6 @@ from .curriculum_score import (
 )
 from .curriculum_search import rank_orders
 from .datasets import IndexedSubset, balanced_indices
-from .deprecation import NOT_GIVEN, renamed_keyword, warn_renamed
 
 
 class CurriculumDesigner:
@@ -81,31 +80,13 @@ class CurriculumDesigner:
         max_per_class: int | None = 500,
         seed: int = 0,
         device: str | torch.device = "cpu",
-        samples_per_class: int | None = NOT_GIVEN,
     ) -> None:
         self.teacher = teacher
         self.distance = distance
-        self.max_per_class = renamed_keyword(
-            max_per_class,
-            samples_per_class,
-            new="max_per_class",
-            old="samples_per_class",
-            default=500,
-        )
+        self.max_per_class = max_per_class
         self.seed = seed
         self.device = device
         self._check_params()
-
-    @property
-    def samples_per_class(self) -> int | None:
-        """Deprecated name of :attr:`max_per_class`."""
-        warn_renamed("samples_per_class", "max_per_class")
-        return self.max_per_class
-
-    @samples_per_class.setter
-    def samples_per_class(self, value: int | None) -> None:
-        warn_renamed("samples_per_class", "max_per_class")
-        self.max_per_class = value
 
     # -- fitting
     def _check_params(self) -> None:

@@ -59,7 +59,6 @@ from ..models.core.checks import (
     check_labels,
     validate,
 )
-from .deprecation import NOT_GIVEN, renamed_keyword
 from .online import split_online
 
 #: Names of the split's rules; the first is the default.
@@ -259,7 +258,6 @@ def si_blurry_benchmark(
     online: bool = False,
     experience_size: int = 10,
     access_task_boundaries: bool = False,
-    online_batch_size: int = NOT_GIVEN,
 ) -> CLScenario:
     """Si-Blurry generalized class-incremental benchmark (Moon et al., ICCV 2023).
 
@@ -275,7 +273,6 @@ def si_blurry_benchmark(
         experience_size: samples per online experience.
         access_task_boundaries: whether strategies may read the online
             experiences' ``is_first_subexp`` / ``is_last_subexp``.
-        online_batch_size: deprecated name of ``experience_size``.
 
     Returns:
         A ``CLScenario`` with ``train_stream`` (one experience per non-empty task,
@@ -291,8 +288,6 @@ def si_blurry_benchmark(
         be empty. The test stream holds the used classes only; evaluate on the
         classes seen so far with :func:`~neve.plugins.seen_classes_stream`.
     """
-    experience_size = renamed_keyword(experience_size, online_batch_size, new="experience_size",
-                                      old="online_batch_size", default=10)
     args = validate(BENCHMARK_CHECKS, {"experience_size": experience_size, "online": online,
                                        "access_task_boundaries": access_task_boundaries})
     train_targets = check_labelled(train, "train")

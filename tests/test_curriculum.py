@@ -294,26 +294,16 @@ def test_online_si_blurry_trains_an_incremental_classifier(digits_pair):
     assert net.head.classifier.out_features == 10
 
 
-def test_renamed_keywords_warn_and_keep_working(digits_pair):
+def test_keywords_renamed_before_any_release_are_refused(digits_pair):
+    """The pre-release names are gone (never in a release): Python refuses them by name."""
     train, test = digits_pair
-    with pytest.warns(FutureWarning, match="online_batch_size= is deprecated.*experience_size="):
-        old = si_blurry_benchmark(train, test, n_tasks=3, online=True, online_batch_size=40)
-    new = si_blurry_benchmark(train, test, n_tasks=3, online=True, experience_size=40)
-    assert [len(e.dataset) for e in old.train_stream] == [len(e.dataset) for e in new.train_stream]
-    with pytest.raises(TypeError, match="experience_size= only"), pytest.warns(FutureWarning):
-        si_blurry_benchmark(train, test, online=True, experience_size=5, online_batch_size=4)
-    sub = select_classes(train, [0, 1])
-    with pytest.warns(FutureWarning, match="mb_size= is deprecated.*experience_size="):
-        old = curriculum_benchmark(sub, test, [0, 1], online=True, mb_size=30)
-    new = curriculum_benchmark(sub, test, [0, 1], online=True, experience_size=30)
-    assert [len(e.dataset) for e in old.train_stream] == [len(e.dataset) for e in new.train_stream]
-    with pytest.warns(FutureWarning, match="samples_per_class= is deprecated.*max_per_class="):
-        cd = CurriculumDesigner(samples_per_class=7)
-    assert cd.max_per_class == 7
-    with pytest.warns(FutureWarning, match="samples_per_class is deprecated"):
-        assert cd.samples_per_class == 7
-    with pytest.raises(TypeError, match="max_per_class= only"), pytest.warns(FutureWarning):
-        CurriculumDesigner(max_per_class=3, samples_per_class=7)
+    with pytest.raises(TypeError, match="online_batch_size"):
+        si_blurry_benchmark(train, test, n_tasks=3, online=True, online_batch_size=40)
+    with pytest.raises(TypeError, match="mb_size"):
+        curriculum_benchmark(select_classes(train, [0, 1]), test, [0, 1], online=True, mb_size=30)
+    with pytest.raises(TypeError, match="samples_per_class"):
+        CurriculumDesigner(samples_per_class=7)
+    assert not hasattr(CurriculumDesigner(max_per_class=7), "samples_per_class")
 
 
 # ----------------------------------------------------------------------------- F
