@@ -28,6 +28,7 @@ from scipy.stats import spearmanr
 
 from neve.benchmarks import CurriculumDesigner, LabelledTensorDataset, curriculum_benchmark
 from neve.benchmarks import select_classes as subset
+from neve.benchmarks.class_distances import CLASS_DISTANCES
 from neve.models import extract_features
 from neve.plugins import CurriculumEffectiveness
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10")
     p.add_argument("--classes", type=int, nargs=5, default=[0, 1, 2, 3, 4])
     p.add_argument("--teacher", default="torchvision/squeezenet1_1")
-    p.add_argument("--distance", choices=["cosine", "euclidean", "otdd"], default="cosine")
+    p.add_argument("--distance", choices=sorted(CLASS_DISTANCES), default="cosine")
     p.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES))
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--orders", type=int, default=120, help="train the first N ranked orders")
