@@ -12,8 +12,11 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import subprocess
+import sys
 import threading
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -361,9 +364,10 @@ def test_a_damaged_cached_convnet_is_trained_again_with_a_warning(tmp_path):
 _WRITER = r"""
 import os, sys, time
 from pathlib import Path
+
+sys.path.insert(0, sys.argv[4])  # this test module's folder: its Tiny and data
 import torch
-from torch import nn
-from neve.benchmarks import LabelledTensorDataset
+from test_feature_cache import Tiny, data
 from neve.models import extract_features
 
 cache, rendezvous, me = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
@@ -378,22 +382,8 @@ def replace(src, dst, *args, **kwargs):
     return real(src, dst, *args, **kwargs)
 
 os.replace = replace
-
-class Tiny(nn.Module):
-    name, input_size = "tiny", 4
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.linear = nn.Linear(16, 5)
-        self.calls = 0
-    def forward(self, x):
-        self.calls += 1
-        return self.linear(x.float().flatten(1))
-
 encoder = Tiny()
-g = torch.Generator().manual_seed(0)
-ds = LabelledTensorDataset(torch.rand(12, 1, 4, 4, generator=g), torch.arange(12) % 3)
-features, _ = extract_features(encoder, ds, cache_dir=cache, progress=False)
+features, _ = extract_features(encoder, data(0), cache_dir=cache, progress=False)
 torch.save(features, cache.parent / f"{me}.pt")
 print(encoder.calls)
 """
@@ -401,18 +391,16 @@ print(encoder.calls)
 
 def test_two_processes_writing_the_same_entry_never_collide(tmp_path):
     """Two interpreters write one cache entry at the same moment: both succeed, one entry stays."""
-    import subprocess
-    import sys
-
     cache, rendezvous = tmp_path / "cache", tmp_path / "rendezvous"
     cache.mkdir()
     rendezvous.mkdir()
     script = tmp_path / "writer.py"
     script.write_text(_WRITER)
+
     def run(name):
         # -W error: a writer that lost its file only warns ("feature cache not written").
         command = [sys.executable, "-W", "error::RuntimeWarning", str(script), str(cache),
-                   str(rendezvous), name]
+                   str(rendezvous), name, str(Path(__file__).parent)]
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
 

@@ -130,7 +130,7 @@ def test_slow_momentum_of_a_cumulative_layer_and_a_batch_of_one():
     assert all(torch.equal(v, before[k]) for k, v in bn.state_dict().items())
 
 
-
+# ------------------------------------------------------------------ schedulers and the split
 def two_part_model():
     torch.manual_seed(0)
     return torch.nn.ModuleDict({"features": torch.nn.Linear(4, 3),
