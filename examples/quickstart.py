@@ -136,7 +136,8 @@ def write_outputs(runs: dict[str, list[dict]], bm, folder: Path) -> Path:
         title = f"{method}: test accuracy (%), classes of each experience"
         save_accuracy_heatmap(acc, folder / f"{method}_accuracy", labels, title)
         export_results(acc, folder / method, sizes, labels)
-    save_accuracy_curves({m: [acc] for m, acc in matrices.items()}, folder / "curves", labels)
+    save_accuracy_curves({m: [acc] for m, acc in matrices.items()}, folder / "curves", labels,
+                         sizes)
     return folder
 
 

@@ -29,6 +29,7 @@ import math
 import numpy as np
 
 __all__ = [
+    "check_test_sizes",
     "accuracy_matrix_from_rows",
     "average_forgetting",
     "average_incremental_accuracy",
@@ -62,6 +63,24 @@ def check_accuracy_matrix(values, name: str = "accuracy") -> np.ndarray:
             f"[{measured.min():g}, {measured.max():g}]; divide percentages by 100"
         )
     return acc
+
+
+def check_test_sizes(sizes, experiences: int, name: str = "sizes") -> np.ndarray | None:
+    """``sizes`` (test samples per experience, or ``None``) as ``[E]`` positive float64.
+
+    Raises:
+        ValueError: not ``experiences`` finite positive numbers.
+    """
+    if sizes is None:
+        return None
+    try:
+        out = np.array(sizes, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be {experiences} test-set sizes, got {sizes!r}") from err
+    if out.shape != (experiences,) or not (np.isfinite(out) & (out > 0)).all():
+        raise ValueError(f"{name} must be {experiences} positive test-set sizes (one per "
+                         f"experience), got {sizes!r}")
+    return out
 
 
 def accuracy_matrix_from_rows(rows: dict[int, dict[int, float]],

@@ -20,6 +20,7 @@ from neve.benchmarks.results import (
     average_forgetting,
     average_incremental_accuracy,
     backward_transfer,
+    curves_figure,
     export_results,
     forgetting_per_experience,
     heatmap_image,
@@ -188,6 +189,18 @@ def test_heatmap_and_curves_are_written_as_png_and_svg(tmp_path):
     with Image.open(curves["png"]) as image:
         assert image.size == (round(100 * 4.2 * 2), 340)
     assert curves["svg"].stat().st_size > 1000
+
+
+def test_seen_so_far_curve_is_the_exported_figure():
+    # the black curve is seen_accuracies with the same test sizes as the JSON's figure
+    fig = curves_figure({"run": [HAND]}, sizes=SIZES)
+    (seen,) = [line for line in fig.axes[0].lines if line.get_label() == "seen so far"]
+    assert seen.get_ydata() == pytest.approx(100 * seen_accuracies(HAND, SIZES))
+    assert seen.get_ydata() != pytest.approx(100 * seen_accuracies(HAND))
+    with pytest.raises(ValueError, match="sizes"):
+        curves_figure({"run": [HAND]}, sizes=[1, 2])
+    with pytest.raises(ValueError, match="sizes must be 3 positive"):
+        results_table(HAND, sizes=[100, 0, 50])
 
 
 def test_heatmap_is_logged_to_tensorboard_as_an_image(tmp_path):

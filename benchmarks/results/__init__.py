@@ -18,13 +18,20 @@ from ...models.accuracy_matrix import (
 )
 from .export import export_results, mean_and_spread, results_table, run_seeds
 from .matrix import accuracy_matrix_of
-from .plots import heatmap_image, log_accuracy_heatmap, save_accuracy_curves, save_accuracy_heatmap
+from .plots import (
+    curves_figure,
+    heatmap_image,
+    log_accuracy_heatmap,
+    save_accuracy_curves,
+    save_accuracy_heatmap,
+)
 
 __all__ = [
     "accuracy_matrix_of",
     "average_forgetting",
     "average_incremental_accuracy",
     "backward_transfer",
+    "curves_figure",
     "export_results",
     "forgetting_per_experience",
     "heatmap_image",

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from avalanche.training.determinism.rng_manager import RNGManager
 
-from ...models.accuracy_matrix import check_accuracy_matrix, summary
+from ...models.accuracy_matrix import check_accuracy_matrix, check_test_sizes, summary
 from ...models.core.checks import check_seed
 from .matrix import accuracy_matrix_of
 
@@ -35,7 +35,7 @@ def results_table(accuracy, sizes: Sequence[int] | None = None) -> dict:
     """``{"accuracy_matrix": rows, **figures}``: the matrix (NaN as ``None``) and every figure of
     :func:`neve.models.accuracy_matrix.summary`, weighted by ``sizes`` where it applies."""
     acc = check_accuracy_matrix(accuracy)
-    figures = summary(acc, sizes)
+    figures = summary(acc, check_test_sizes(sizes, acc.shape[1]))
     return {"accuracy_matrix": _plain(acc), **{k: _plain(v) for k, v in figures.items()}}
 
 

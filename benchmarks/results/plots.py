@@ -15,9 +15,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from ...models.accuracy_matrix import check_accuracy_matrix, seen_accuracies
+from ...models.accuracy_matrix import check_accuracy_matrix, check_test_sizes, seen_accuracies
 
-__all__ = ["heatmap_image", "log_accuracy_heatmap", "save_accuracy_curves",
+__all__ = ["curves_figure", "heatmap_image", "log_accuracy_heatmap", "save_accuracy_curves",
            "save_accuracy_heatmap"]
 
 SUFFIXES = (".png", ".svg")
@@ -84,11 +84,13 @@ def _band(ax, x: np.ndarray, runs: np.ndarray, label: str, **style) -> None:
                         color=line.get_color())
 
 
-def save_accuracy_curves(runs: Mapping[str, Sequence], path: str | os.PathLike,
-                         labels: Sequence[str] | None = None) -> dict[str, Path]:
+def curves_figure(runs: Mapping[str, Sequence], labels: Sequence[str] | None = None,
+                  sizes: Sequence[int] | None = None) -> Figure:
     """One panel per run name: the accuracy on each experience after each training step
-    (from the step it was learned on) and on all experiences seen so far, as the mean over
-    that run's seeds with a mean +- std band; saved as ``<path>.png`` and ``<path>.svg``.
+    (from the step it was learned on) and on all experiences seen so far
+    (:func:`~neve.models.accuracy_matrix.seen_accuracies`, weighted by the test ``sizes`` as
+    :func:`~neve.benchmarks.results.export_results` weights it), as the mean over that run's
+    seeds with a mean +- std band.
 
     ``runs`` maps a name (a method) to its seeds' ``[T, E]`` matrices, all of one shape.
     """
@@ -99,13 +101,14 @@ def save_accuracy_curves(runs: Mapping[str, Sequence], path: str | os.PathLike,
         stacks[name] = np.stack([check_accuracy_matrix(m, f"runs[{name!r}]") for m in matrices])
     t, e = next(iter(stacks.values())).shape[1:]
     names = _labels(e, labels)
+    weights = check_test_sizes(sizes, e)
     fig = Figure(figsize=(4.2 * len(stacks), 3.4))
     axes = fig.subplots(1, len(stacks), squeeze=False, sharey=True)[0]
     steps = np.arange(t)
     for ax, (name, stack) in zip(axes, stacks.items(), strict=True):
         for j in range(min(t, e)):
             _band(ax, steps[j:], stack[:, j:, j], names[j], linewidth=1)
-        seen = np.stack([seen_accuracies(m) for m in stack])
+        seen = np.stack([seen_accuracies(m, weights) for m in stack])
         _band(ax, steps, seen, "seen so far", color="black", linewidth=2.5)
         ax.set_title(f"{name} ({stack.shape[0]} seed{'s' if stack.shape[0] > 1 else ''})")
         ax.set_xticks(steps, [f"{names[i] if i < e else i}" for i in steps])
@@ -115,7 +118,14 @@ def save_accuracy_curves(runs: Mapping[str, Sequence], path: str | os.PathLike,
     axes[0].set_ylabel("accuracy (%)")
     axes[-1].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def save_accuracy_curves(runs: Mapping[str, Sequence], path: str | os.PathLike,
+                         labels: Sequence[str] | None = None,
+                         sizes: Sequence[int] | None = None) -> dict[str, Path]:
+    """:func:`curves_figure` saved as ``<path>.png`` and ``<path>.svg``; returns both paths."""
+    return _save(curves_figure(runs, labels, sizes), path)
 
 
 def heatmap_image(accuracy, labels: Sequence[str] | None = None,
