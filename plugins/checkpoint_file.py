@@ -12,14 +12,23 @@ the previous checkpoint whole, and two writers never collide.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import os
 from collections import OrderedDict
 from collections.abc import Callable
+from operator import attrgetter
 
 import numpy as np
 import torch
+from avalanche.evaluation.metrics import (
+    AccuracyMatrixPluginMetric,
+    ExperienceBWT,
+    ExperienceForgetting,
+    StreamBWT,
+    StreamForgetting,
+)
 from avalanche.training.determinism.rng_manager import RNGManager
 from avalanche.training.plugins import LRSchedulerPlugin, ReplayPlugin
 from avalanche.training.plugins.clock import Clock
@@ -57,8 +66,14 @@ def adapter_of(obj: object) -> tuple[Callable, Callable, Callable] | None:
 
 
 def _attributes(*names: str) -> tuple[Callable, Callable]:
-    return lambda obj: {n: getattr(obj, n) for n in names}, lambda obj, state: vars(obj).update(
-        {n: state[n] for n in names})
+    """An adapter's ``get`` / ``put`` for plain attributes (dotted: of a part); ``put`` reads
+    every value before it sets one."""
+    def put(obj, state: dict) -> None:
+        values = [copy.copy(state[name]) for name in names]
+        for name, value in zip(names, values, strict=True):
+            owner, _, attr = name.rpartition(".")
+            setattr(attrgetter(owner)(obj) if owner else obj, attr, value)
+    return lambda obj: {name: attrgetter(name)(obj) for name in names}, put
 
 
 def _storage(plugin) -> dict:
@@ -79,6 +94,16 @@ register_state(LRSchedulerPlugin, lambda p: {"scheduler": p.scheduler.state_dict
 register_state(ReplayPlugin, _storage,
                lambda p, s: p.storage_policy.load_state_dict(s["storage_policy"]),
                lambda p: {"storage_policy": p.storage_policy})
+# Avalanche's accuracy-matrix, forgetting and BWT metrics: between experiences, where a
+# save happens, this is all they carry over (their accuracy meters are reset before use)
+register_state(AccuracyMatrixPluginMetric, *_attributes("matrix", "count", "online",
+                                                        "num_training_steps"))
+_FORGETTING = ("forgetting.initial", "forgetting.last", "eval_exp_id", "train_exp_id")
+for _cls in (ExperienceForgetting, ExperienceBWT):
+    register_state(_cls, *_attributes(*_FORGETTING))
+for _cls in (StreamForgetting, StreamBWT):
+    register_state(_cls, *_attributes(*_FORGETTING, "stream_forgetting.summed",
+                                      "stream_forgetting.weight"))
 
 
 def plain_data(obj: object, where: str) -> object:

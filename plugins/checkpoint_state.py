@@ -23,7 +23,6 @@ from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
 from . import checkpoint_file as files
-from . import checkpoint_metrics  # noqa: F401 -- registers Avalanche metrics' adapters
 from .checkpoint_file import PICKLE_RISK, adapter_of, plain_data
 
 #: Avalanche strategies whose state lives in their plugins only.
