@@ -38,7 +38,7 @@ from avalanche.training.storage_policy import ExemplarsBuffer
 from avalanche.training.supervised import Naive
 
 from ..models.convnets import TunedNetwork
-from ..models.core.checks import check_bool, check_device, check_int, check_number, check_seed
+from ..models.core.checks import Bool, Device, Instance, Int, Real, Seed, validated
 from ..models.core.distributed import is_distributed
 
 # (support sets S) -> (last L sets kept, k samples per step), Kowadlo et al. (2022), replay
@@ -50,13 +50,13 @@ PAPER_REPLAY_SETTINGS = MappingProxyType(
 WHOLE_SUPPORT_SET = 100_000
 
 
+@validated(support_sets=Int(1))
 def paper_replay_settings(support_sets: int) -> tuple[int, int]:
     """``(L, k)`` of the paper's replay runs for ``support_sets`` sets of 20 images.
 
     Other values of ``S`` get ``L = S // 2`` (the buffer holds about half the
     episode, as in all the paper's settings) and ``k = 8``.
     """
-    support_sets = check_int(support_sets, "support_sets", minimum=1)
     return PAPER_REPLAY_SETTINGS.get(support_sets, (support_sets // 2, 8))
 
 
@@ -79,9 +79,8 @@ class RecentSetsBuffer(ExemplarsBuffer):
         max_size: most items held (``ReplayPlugin`` asserts it equals its ``mem_size``).
     """
 
+    @validated(max_sets=Int(1), max_size=Int(1))
     def __init__(self, max_sets: int, max_size: int = 10_000) -> None:
-        max_sets = check_int(max_sets, "max_sets", minimum=1)
-        max_size = check_int(max_size, "max_size", minimum=1)
         super().__init__(max_size)
         self.max_sets = max_sets
         self.sets: list = []
@@ -142,6 +141,21 @@ class RecentSetsBuffer(ExemplarsBuffer):
         self.buffer = concat_datasets(sets)
 
 
+#: The tuning arguments :func:`pretrain_tune` and :func:`tune_network` share.
+TUNING = {
+    "num_classes": Int(1),
+    "lr": Real(gt=0.0),
+    "steps_per_set": Int(1),
+    "replay_sets": Int(0),
+    "replay_samples": Int(1),
+    "train_mb_size": Int(1, optional=True),
+    "eval_mb_size": Int(1),
+    "eval_every": Int(-1),
+    "device": Device(),
+}
+
+
+@validated(**TUNING, feature_dim=Int(1))
 def pretrain_tune(
     num_classes: int,
     feature_dim: int = 1280,
@@ -179,17 +193,6 @@ def pretrain_tune(
             (``plugins`` are extra plugins).
         evaluator: default :func:`episode_evaluator`.
     """
-    num_classes = check_int(num_classes, "num_classes", minimum=1)
-    feature_dim = check_int(feature_dim, "feature_dim", minimum=1)
-    lr = check_number(lr, "lr", positive=True)
-    steps_per_set = check_int(steps_per_set, "steps_per_set", minimum=1)
-    replay_sets = check_int(replay_sets, "replay_sets", minimum=0)
-    replay_samples = check_int(replay_samples, "replay_samples", minimum=1)
-    if train_mb_size is not None:
-        train_mb_size = check_int(train_mb_size, "train_mb_size", minimum=1)
-    eval_mb_size = check_int(eval_mb_size, "eval_mb_size", minimum=1)
-    eval_every = check_int(eval_every, "eval_every", minimum=-1)
-    device = check_device(device)
     if train_epochs is not None and train_epochs != steps_per_set:
         raise ValueError(
             f"train_epochs is fixed to steps_per_set={steps_per_set} in pretrain_tune, got "
@@ -239,6 +242,8 @@ def _tuning_strategy(model, lr, steps_per_set, replay_sets, replay_samples, trai
     )
 
 
+@validated(**TUNING, body=Instance(torch.nn.Module, what="an nn.Module"), head_seed=Seed(),
+           freeze_norm_stats=Bool())
 def tune_network(
     body: torch.nn.Module,
     num_classes: int,
@@ -273,19 +278,6 @@ def tune_network(
         feature_dim: the body's output size (default ``body.feature_dim``).
         Other arguments: as for :func:`pretrain_tune`.
     """
-    if not isinstance(body, torch.nn.Module):
-        raise TypeError(f"body must be an nn.Module, got {type(body).__name__}")
-    num_classes = check_int(num_classes, "num_classes", minimum=1)
-    lr = check_number(lr, "lr", positive=True)
-    steps_per_set = check_int(steps_per_set, "steps_per_set", minimum=1)
-    replay_sets = check_int(replay_sets, "replay_sets", minimum=0)
-    replay_samples = check_int(replay_samples, "replay_samples", minimum=1)
-    head_seed = check_seed(head_seed, "head_seed")
-    check_bool(freeze_norm_stats, "freeze_norm_stats")
-    train_mb_size = check_int(train_mb_size, "train_mb_size", minimum=1, optional=True)
-    eval_mb_size = check_int(eval_mb_size, "eval_mb_size", minimum=1)
-    eval_every = check_int(eval_every, "eval_every", minimum=-1)
-    device = check_device(device)
     model = TunedNetwork(copy.deepcopy(body), num_classes, feature_dim,
                          freeze_norm_stats=freeze_norm_stats, head_seed=head_seed)
     return _tuning_strategy(model, lr, steps_per_set, replay_sets, replay_samples,
