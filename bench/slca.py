@@ -55,6 +55,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from torch import nn
 
 from neve.benchmarks import LabelledTensorDataset, class_balanced_subset, fashion_mnist
+from neve.benchmarks.results import mean_and_spread
 from neve.models import ImagePreprocess, PretrainedClassifier, pretrained_backbone
 from neve.models.drift import drift_jacobian, mean_drift, sdc_shifts
 from neve.models.features import extract_features
@@ -209,10 +210,12 @@ def record(results: dict, name: str, run: dict, variant: str) -> None:
 
 
 def summarise(runs: list[dict]) -> dict:
-    out = {}
-    for key in runs[0]:
-        v = np.array([r[key] for r in runs], dtype=float)
-        out[key] = {"mean": round(float(v.mean()), 4), "std": round(float(v.std()), 4)}
+    """Mean, std (over seeds, ddof 0) and per-seed values of each figure, to 4 places."""
+    def rounded(v):
+        return [rounded(x) for x in v] if isinstance(v, list) else None if v is None \
+            else round(v, 4)
+    out = {key: {k: rounded(v) for k, v in figure.items()}
+           for key, figure in mean_and_spread(runs).items()}
     out["seeds"] = len(runs)
     return out
 
