@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 
 from .atomic_file import write_atomically
 from .convnets import ConvNet
-from .core.checks import check_int, check_labelled, check_number, check_seed
+from .core.checks import Int, Real, Seed, check_int, check_labelled, validated
 from .features import dataset_fingerprint, default_cache_dir
 from .prototypes import mean_per_class, prototype_scores
 
@@ -115,6 +115,8 @@ def _load_or_train(path: Path, net: ConvNet, train, cache: bool) -> ConvNet:
     return net.eval()
 
 
+@validated(stages=Int(1), filters=Int(1), epochs=Int(1), per_class=Int(1, optional=True),
+           batch_size=Int(1), lr=Real(gt=0.0), seed=Seed())
 def pretrain_convnet(
     dataset: Dataset,
     classes: Sequence[int] | None = None,
@@ -145,13 +147,8 @@ def pretrain_convnet(
             ``default_cache_dir()``)``/convnets``.
     """
     by_class = _class_indices(dataset, classes)
-    settings = {"stages": check_int(stages, "stages", minimum=1),
-                "filters": check_int(filters, "filters", minimum=1),
-                "epochs": check_int(epochs, "epochs", minimum=1),
-                "per_class": check_int(per_class, "per_class", minimum=1, optional=True),
-                "batch_size": check_int(batch_size, "batch_size", minimum=1),
-                "lr": check_number(lr, "lr", positive=True), "seed": check_seed(seed),
-                "classes": sorted(by_class)}
+    settings = {"stages": stages, "filters": filters, "epochs": epochs, "per_class": per_class,
+                "batch_size": batch_size, "lr": lr, "seed": seed, "classes": sorted(by_class)}
     rng = np.random.default_rng(settings["seed"])
     chosen = {c: rng.permutation(idx)[:per_class] for c, idx in by_class.items()}
     index = np.concatenate(list(chosen.values()))
@@ -183,6 +180,8 @@ def pretrain_convnet(
     return _load_or_train(path, net, train, cache)
 
 
+@validated(stages=Int(1), filters=Int(1), meta_episodes=Int(1), images_per_episode=Int(2),
+           lr=Real(gt=0.0), seed=Seed())
 def meta_train_protonet(
     dataset: Dataset,
     classes: Sequence[int] | None = None,
@@ -211,12 +210,9 @@ def meta_train_protonet(
         seed: seeds the initialisation and the episodes.
     """
     by_class = _class_indices(dataset, classes)
-    n = check_int(images_per_episode, "images_per_episode", minimum=2)
-    settings = {"stages": check_int(stages, "stages", minimum=1),
-                "filters": check_int(filters, "filters", minimum=1),
-                "meta_episodes": check_int(meta_episodes, "meta_episodes", minimum=1),
-                "images_per_episode": n, "lr": check_number(lr, "lr", positive=True),
-                "seed": check_seed(seed), "classes": sorted(by_class)}
+    n = images_per_episode
+    settings = {"stages": stages, "filters": filters, "meta_episodes": meta_episodes,
+                "images_per_episode": n, "lr": lr, "seed": seed, "classes": sorted(by_class)}
     eligible = [c for c, idx in by_class.items() if len(idx) >= n]
     if not eligible:
         raise ValueError(f"images_per_episode={n} is more than any of the classes has")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .core.checks import check_bool, check_int, check_seed
+from .core.checks import Bool, Instance, Int, Seed, check_int, validated
 
 
 class ConvNet(nn.Module):
@@ -37,14 +37,13 @@ class ConvNet(nn.Module):
     Input ``[B, in_channels, input_size, input_size]``; output ``[B, feature_dim]``.
     """
 
+    @validated(stages=Int(1), filters=Int(1), in_channels=Int(1), input_size=Int(1))
     def __init__(
         self, stages: int = 3, filters: int = 32, in_channels: int = 1, input_size: int = 28
     ) -> None:
         super().__init__()
-        self.stages = check_int(stages, "stages", minimum=1)
-        self.filters = check_int(filters, "filters", minimum=1)
-        self.in_channels = check_int(in_channels, "in_channels", minimum=1)
-        self.input_size = check_int(input_size, "input_size", minimum=1)
+        self.stages, self.filters = stages, filters
+        self.in_channels, self.input_size = in_channels, input_size
         side = self.input_size
         layers: list[nn.Module] = []
         channels = self.in_channels
@@ -95,6 +94,8 @@ class TunedNetwork(nn.Module):
             same on every call with the same seed.
     """
 
+    @validated(body=Instance(nn.Module, what="an nn.Module"), num_classes=Int(1),
+               feature_dim=Int(1, optional=True), freeze_norm_stats=Bool(), head_seed=Seed())
     def __init__(
         self,
         body: nn.Module,
@@ -105,16 +106,12 @@ class TunedNetwork(nn.Module):
         head_seed: int = 0,
     ) -> None:
         super().__init__()
-        if not isinstance(body, nn.Module):
-            raise TypeError(f"body must be an nn.Module, got {type(body).__name__}")
-        num_classes = check_int(num_classes, "num_classes", minimum=1)
         if feature_dim is None:
             feature_dim = getattr(body, "feature_dim", None)
             if feature_dim is None:
                 raise ValueError("feature_dim must be given when body has no .feature_dim")
-        feature_dim = check_int(feature_dim, "feature_dim", minimum=1)
-        head_seed = check_seed(head_seed, "head_seed")
-        self.freeze_norm_stats = check_bool(freeze_norm_stats, "freeze_norm_stats")
+            feature_dim = check_int(feature_dim, "body.feature_dim", minimum=1)
+        self.freeze_norm_stats = freeze_norm_stats
         self.body = body
         self.head = nn.Linear(feature_dim, num_classes)
         bound = 1.0 / feature_dim**0.5
