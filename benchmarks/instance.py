@@ -36,7 +36,7 @@ from avalanche.benchmarks.utils.classification_dataset import (
 )
 from torch.utils.data import Dataset
 
-from ..models.core.checks import check_int, check_labelled, check_labels, check_seed
+from ..models.core.checks import Int, Seed, check_int, check_labelled, check_labels, validated
 from .corruptions import corrupt_images, make_corruption
 from .datasets import LabelledTensorDataset
 
@@ -114,6 +114,12 @@ def episode_benchmark(
         raise ValueError(
             f"support_sets={support_sets} must divide the {len(support_x)} support items"
         )
+    return _episode_benchmark(support_x, support_y, query_x, query_y, support_sets)
+
+
+def _episode_benchmark(support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
+                       query_y: torch.Tensor, support_sets: int) -> CLScenario:
+    """:func:`episode_benchmark` of arguments that meet its rules (labels ``long``)."""
     size = len(support_x) // support_sets
     train = [
         _as_taskaware_supervised_classification_dataset(
@@ -134,6 +140,7 @@ def _annotate(bm: CLScenario, **info) -> CLScenario:
     return bm
 
 
+@validated(n_episodes=Int(1), images_per_episode=Int(1), support_sets=Int(1), seed=Seed())
 def instance_test_episodes(
     dataset: Dataset,
     n_episodes: int,
@@ -173,15 +180,12 @@ def instance_test_episodes(
     Raises:
         ValueError: on bad arguments, checked when called (not at the first episode).
     """
-    n_episodes = check_int(n_episodes, "n_episodes", minimum=1)
-    n = check_int(images_per_episode, "images_per_episode", minimum=1)
-    s = check_int(support_sets, "support_sets", minimum=1)
+    n, s = images_per_episode, support_sets
     if n % s:
         raise ValueError(
             f"support_sets={s} must divide images_per_episode={n} "
             f"(each support set holds images_per_episode / support_sets images)"
         )
-    seed = check_seed(seed)
     make_corruption(corruption, severity)  # validates both
     by_class = _indices_by_class(dataset)
     eligible = sorted(c for c, idx in by_class.items() if len(idx) >= n)
@@ -202,7 +206,7 @@ def instance_test_episodes(
             queries = corrupt_images(
                 images, corruption, severity, seed=_torch_seed(_episode_rng(seed, e, 1))
             )
-            bm = episode_benchmark(images, labels, queries, labels.clone(), s)
+            bm = _episode_benchmark(images, labels, queries, labels.clone(), s)
             yield _annotate(
                 bm,
                 episode_index=e,
@@ -213,6 +217,8 @@ def instance_test_episodes(
     return episodes()
 
 
+@validated(n_episodes=Int(1), n_classes=Int(1), shots=Int(1), support_sets=Int(1),
+           query_shots=Int(1, optional=True), seed=Seed(), class_interval=Int(1))
 def cfsl_episodes(
     dataset: Dataset,
     n_episodes: int,
@@ -253,12 +259,8 @@ def cfsl_episodes(
         corruption, severity, seed: as for :func:`instance_test_episodes`.
         class_interval: consecutive support sets that show each class, >= 1.
     """
-    n_episodes = check_int(n_episodes, "n_episodes", minimum=1)
-    n_classes = check_int(n_classes, "n_classes", minimum=1)
-    shots = check_int(shots, "shots", minimum=1)
-    s = check_int(support_sets, "support_sets", minimum=1)
-    query_shots = shots if query_shots is None else check_int(query_shots, "query_shots", minimum=1)
-    interval = check_int(class_interval, "class_interval", minimum=1)
+    s, interval = support_sets, class_interval
+    query_shots = shots if query_shots is None else query_shots
     if s % interval:
         raise ValueError(f"class_interval={interval} must divide support_sets={s}")
     groups = s // interval
@@ -266,7 +268,6 @@ def cfsl_episodes(
         raise ValueError(f"support_sets / class_interval = {groups} must divide "
                          f"n_classes={n_classes}")
     per_group = n_classes // groups
-    seed = check_seed(seed)
     make_corruption(corruption, severity)
     by_class = _indices_by_class(dataset)
     need = shots * interval + query_shots
@@ -295,7 +296,7 @@ def cfsl_episodes(
                 _stack_images(dataset, query_idx), corruption, severity,
                 seed=_torch_seed(_episode_rng(seed, e, 1)),
             )
-            bm = episode_benchmark(
+            bm = _episode_benchmark(
                 _stack_images(dataset, support_idx), torch.tensor(support_y), queries,
                 query_y, s,
             )
