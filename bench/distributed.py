@@ -8,7 +8,9 @@ One launch of ``examples/distributed.py --method all`` per configuration: 1 proc
 x 1 thread, N processes x 1 thread (``OMP_NUM_THREADS=1``), 1 process x N threads,
 each saving its tensors. Reported per method: the seconds per experience of each
 configuration and its speed-up against 1 x 1, the largest relative difference
-``||a - b|| / ||a||`` between the tensors saved by 1 and N processes, and a
+``||a - b|| / ||a||`` between the tensors saved by 1 and N processes, the same
+between 1 x 1 and 1 x N (one process: only the summation order of floats changes,
+the floor that N processes cannot beat on training that amplifies rounding), and a
 breakdown of the N-process time: the seconds per experience inside neve's
 collectives (measured by rank 0, waiting included), DDP's gradient all-reduces
 (estimated from their bytes and the all-reduce cost measured in the same run),
@@ -192,6 +194,9 @@ def scaling(processes: int, layout: str, extra: list[str], method: str = "all",
             "speedup": {name: seconds["1x1"] / s for name, s in seconds.items() if name != "1x1"},
             "largest_relative_difference": largest_relative_difference(
                 of_method(base[0], method), of_method(many[0], method)),
+            # the floor: one process, only the thread count (a float's summation order) changed
+            "largest_relative_difference_threads": largest_relative_difference(
+                of_method(base[0], method), of_method(runs[f"1x{processes}"][0], method)),
             "images_per_experience": single["images_per_experience"],
             "breakdown": breakdown(single, many[1]["methods"][method], many[1]["calibration"],
                                    processes),

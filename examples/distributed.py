@@ -106,7 +106,7 @@ SETUPS = {
     "digits": Setup(FEATURES, 512, 64, 16, 2, 500, 3, 0.05, 0.1),
     # SLCA's rates (head 0.01, backbone 0.01 / 100): faster ones make the fine-tuned
     # EfficientNet's features collapse, and any rounding difference then grows
-    "fashion-mnist": Setup(1280, 2048, 1024, 32, 1, 200, 30, 0.01, 0.01),
+    "fashion-mnist": Setup(1280, 2048, 1024, 128, 1, 200, 30, 0.01, 0.01),
 }
 
 
