@@ -131,8 +131,8 @@ def split_compute(t1: float, t2: float, comm2: float) -> tuple[float, float]:
 
 
 #: Sizes of examples/distributed.py --dataset fashion-mnist (5 experiences of 2 classes).
-FASHION = {"analytic": {"b": 2048, "batch": 1024}, "slca": {"b": 1280, "batch": 32},
-           "slca-finetune": {"b": 1280, "batch": 32}, "curriculum": {"b": 1280},
+FASHION = {"analytic": {"b": 2048, "batch": 1024}, "slca": {"b": 1280, "batch": 128},
+           "slca-finetune": {"b": 1280, "batch": 128}, "curriculum": {"b": 1280},
            "prototype": {"b": 1280}}
 
 

@@ -64,3 +64,15 @@ def test_split_compute_recovers_a_consistent_pair():
     compute, serial = model.split_compute(10.0, 10.0 / 2 + 1.0 + 0.25, 0.25)
     assert (compute, serial) == (pytest.approx(8.0), pytest.approx(2.0))
     assert model.split_compute(1.0, 5.0, 0.0) == (0.0, 1.0)  # slower on 2: all serial
+
+
+def test_fashion_sizes_are_the_example_s():
+    example_path = PATH.parents[1] / "examples" / "distributed.py"
+    spec = importlib.util.spec_from_file_location("neve_distributed_example", example_path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    setup = example.SETUPS["fashion-mnist"]
+    assert model.FASHION["analytic"] == {"b": setup.buffer_size, "batch": setup.analytic_batch}
+    for method in ("slca", "slca-finetune"):
+        assert model.FASHION[method] == {"b": setup.features, "batch": setup.slca_batch}
+    assert model.FASHION["curriculum"] == model.FASHION["prototype"] == {"b": setup.features}
