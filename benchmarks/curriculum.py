@@ -23,7 +23,7 @@ from avalanche.benchmarks import nc_benchmark
 from avalanche.benchmarks.scenarios.generic_scenario import CLScenario
 from torch.utils.data import Dataset
 
-from ..models.core.checks import check_bool, check_int, check_labelled, check_seed
+from ..models.core.checks import Bool, Int, Seed, check_labelled, validated
 from .curriculum_score import as_class_list, check_order
 from .datasets import IndexedSubset
 from .online import split_online
@@ -43,6 +43,7 @@ def select_classes(dataset: Dataset, classes: Sequence[int]) -> IndexedSubset:
     return IndexedSubset(dataset, torch.nonzero(mask).flatten())
 
 
+@validated(classes_per_experience=Int(1), online=Bool(), experience_size=Int(1), seed=Seed())
 def curriculum_benchmark(
     train: Dataset,
     test: Dataset,
@@ -82,14 +83,11 @@ def curriculum_benchmark(
     order = check_order(order)
     train_targets = check_labelled(train, "train")
     test_targets = check_labelled(test, "test")
-    k = check_int(classes_per_experience, "classes_per_experience", minimum=1)
+    k = classes_per_experience
     if len(order) % k:
         raise ValueError(
             f"classes_per_experience must divide len(order)={len(order)}, got {k}"
         )
-    online = check_bool(online, "online")
-    experience_size = check_int(experience_size, "experience_size", minimum=1)
-    seed = check_seed(seed)
     selected = {}
     for name, ds, targets in (("train", train, train_targets), ("test", test, test_targets)):
         present = set(torch.unique(targets).tolist())

@@ -25,7 +25,15 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.datasets import FashionMNIST
 
-from ..models.core.checks import check_bool, check_int, check_labelled, check_labels, check_seed
+from ..models.core.checks import (
+    Int,
+    Seed,
+    check_bool,
+    check_int,
+    check_labelled,
+    check_labels,
+    validated,
+)
 from ..models.features import default_cache_dir
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -138,6 +146,7 @@ def fashion_mnist(
     return train, test
 
 
+@validated(seed=Seed())
 def digits(
     test_fraction: float = 0.25, seed: int = 0
 ) -> tuple[LabelledTensorDataset, LabelledTensorDataset]:
@@ -150,7 +159,6 @@ def digits(
         test_fraction: share of each class put in the test set, in (0, 1).
         seed: seed of the split, an integer >= 0.
     """
-    seed = check_seed(seed)
     if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)):
         raise TypeError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
     if not 0.0 < test_fraction < 1.0:
@@ -174,6 +182,7 @@ def digits(
     )
 
 
+@validated(per_class=Int(1, optional=True), seed=Seed())
 def balanced_indices(
     targets: torch.Tensor,
     per_class: int | None,
@@ -191,9 +200,12 @@ def balanced_indices(
     Raises:
         TypeError, ValueError: naming the argument; ``classes`` must all occur in ``targets``.
     """
-    per_class = check_int(per_class, "per_class", minimum=1, optional=True)
-    seed = check_seed(seed)
-    targets = check_labels(targets, "targets")
+    return _balanced_indices(check_labels(targets, "targets"), per_class, classes, seed)
+
+
+def _balanced_indices(targets: torch.Tensor, per_class: int | None, classes: list[int] | None,
+                      seed: int) -> torch.Tensor:
+    """:func:`balanced_indices` of checked ``targets``, ``per_class`` and ``seed``."""
     present = torch.unique(targets).tolist()
     if classes is None:
         classes = present
@@ -210,6 +222,7 @@ def balanced_indices(
     return torch.sort(torch.cat(keep)).values
 
 
+@validated(per_class=Int(1), seed=Seed())
 def class_balanced_subset(dataset: Dataset, per_class: int, seed: int = 0) -> Dataset:
     """The first ``per_class`` items of each class after a seeded shuffle.
 
@@ -220,9 +233,8 @@ def class_balanced_subset(dataset: Dataset, per_class: int, seed: int = 0) -> Da
         per_class: items kept per class (all of a smaller class).
         seed: seed of the shuffle, an integer >= 0.
     """
-    per_class = check_int(per_class, "per_class", minimum=1)
     targets = check_labelled(dataset, "dataset")
-    return IndexedSubset(dataset, balanced_indices(targets, per_class, seed=seed))
+    return IndexedSubset(dataset, _balanced_indices(targets, per_class, None, seed))
 
 
 class IndexedSubset(Dataset):

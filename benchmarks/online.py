@@ -19,11 +19,7 @@ import torch
 from avalanche.benchmarks.scenarios.generic_scenario import EagerCLStream
 from avalanche.benchmarks.scenarios.online import OnlineCLExperience
 
-from ..models.core.checks import (
-    check_bool,
-    check_int,
-    check_seed,
-)
+from ..models.core.checks import Bool, Instance, Int, Seed, validated
 
 
 class BoundaryAwareOnlineExperience(OnlineCLExperience):
@@ -69,6 +65,8 @@ def chunk_indices(n: int, size: int, shuffle: bool = True, seed: int = 0) -> lis
     return [idx[i : i + size] for i in range(0, n, size)]
 
 
+@validated(experience_size=Int(1), shuffle=Bool(), seed=Seed(), access_task_boundaries=Bool(),
+           name=Instance(str, what="a str"))
 def split_online(
     stream: Iterable,
     experience_size: int,
@@ -99,12 +97,7 @@ def split_online(
         TypeError: an argument of the wrong kind, naming it.
         ValueError: ``experience_size`` < 1 or ``seed`` < 0.
     """
-    size = check_int(experience_size, "experience_size", minimum=1)
-    shuffle = check_bool(shuffle, "shuffle")
-    seed = check_seed(seed)
-    access_task_boundaries = check_bool(access_task_boundaries, "access_task_boundaries")
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {name!r}")
+    size = experience_size
     try:
         exps = list(stream)
     except TypeError as err:
