@@ -44,6 +44,9 @@ test: install data lint docs package-check
 # Sphinx site under docs/_build/html, warnings as errors
 docs: install
 	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	@test -n "$$NEVE_MATHJAX" || grep -q 'src="../_static/mathjax/tex-chtml.js"' \
+	  docs/_build/html/methods/analytic.html || \
+	  (echo "docs: the pages do not load the MathJax shipped with the site"; exit 1)
 
 # sdist + wheel, the wheel installed into a fresh venv under build/, imported and run outside the clone
 package-check: install

@@ -37,9 +37,13 @@ napoleon_use_ivar = True
 # Avalanche and torch types in signatures are not cross-referenced (their sites are not offline)
 nitpicky = False
 
-# MathJax from its usual CDN; offline, NEVE_MATHJAX points at a local copy (Debian: libjs-mathjax)
-# (MathJax 2: file:///usr/share/javascript/mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML)
-if os.environ.get("NEVE_MATHJAX"):
+# MathJax 3 shipped with the site (PyPI's sphinx-mathjax-offline copies it into _static/mathjax):
+# the equations render without a network. NEVE_MATHJAX points at another copy instead
+# (MathJax 2, Debian's libjs-mathjax:
+# file:///usr/share/javascript/mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML)
+if not os.environ.get("NEVE_MATHJAX"):
+    extensions.append("sphinx-mathjax-offline")
+else:
     mathjax_path = os.environ["NEVE_MATHJAX"]
     myst_update_mathjax = False  # MyST's configuration is MathJax 3's
     mathjax2_config = {"tex2jax": {"processClass": "math", "processEscapes": True}}
