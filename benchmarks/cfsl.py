@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional
 
-from ..models.core.checks import check_int, check_seed
+from ..models.core.checks import Int, Seed, validated
 from .datasets import LabelledTensorDataset, digits, fashion_mnist
 
 
@@ -22,6 +22,7 @@ def upsample(images: torch.Tensor, size: int) -> torch.Tensor:
     return out.clamp(0.0, 1.0)
 
 
+@validated(size=Int(1), seed=Seed())
 def fashion_and_digits(split: str = "test", size: int = 28, seed: int = 0) -> LabelledTensorDataset:
     """20 classes of ``[1, size, size]`` grey images: Fashion-MNIST (labels 0-9) + digits (10-19).
 
@@ -33,8 +34,6 @@ def fashion_and_digits(split: str = "test", size: int = 28, seed: int = 0) -> La
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    size = check_int(size, "size", minimum=1)
-    seed = check_seed(seed)
     fm = fashion_mnist()[0 if split == "train" else 1]
     fm_x = fm.data.unsqueeze(1).float() / 255.0
     if size != fm_x.shape[-1]:

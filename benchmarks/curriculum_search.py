@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from ..models.core.checks import check_int, check_seed
+from ..models.core.checks import Int, Seed, validated
 from .curriculum_score import score_orders, score_steps
 
 SEARCHES = ("auto", "exhaustive", "beam")
@@ -143,6 +143,7 @@ def default_beam_width(n: int) -> int:
     return int(min(256, max(16, 20000 // max(n, 1))))
 
 
+@validated(top_k=Int(1, optional=True), beam_width=Int(1, optional=True), seed=Seed())
 def rank_orders(
     d: np.ndarray,
     var: np.ndarray,
@@ -172,9 +173,6 @@ def rank_orders(
     """
     if not isinstance(search, str) or search not in SEARCHES:
         raise ValueError(f"search must be 'auto', 'exhaustive' or 'beam', got {search!r}")
-    top_k = check_int(top_k, "top_k", minimum=1, optional=True)
-    beam_width = check_int(beam_width, "beam_width", minimum=1, optional=True)
-    seed = check_seed(seed)
     n = d.shape[0]
     if search == "auto":
         search = "exhaustive" if n <= 8 else "beam"

@@ -16,7 +16,7 @@ import torch
 from avalanche.benchmarks.scenarios.generic_scenario import CLScenario
 from torch import nn
 
-from ..models.core.checks import check_device, check_int
+from ..models.core.checks import Device, Int, validated
 from ..models.features import encode
 from .instance import episode_benchmark
 
@@ -61,6 +61,7 @@ class BackboneFeatures:
         max_items: features kept in the memo, >= 0.
     """
 
+    @validated(device=Device(), batch_size=Int(1), max_items=Int(0))
     def __init__(
         self,
         backbone: nn.Module,
@@ -74,9 +75,6 @@ class BackboneFeatures:
                 "backbone must be an nn.Module with a callable .transform (e.g. "
                 f"neve.models.Backbone), got {type(backbone).__name__}"
             )
-        device = check_device(device)
-        batch_size = check_int(batch_size, "batch_size", minimum=1)
-        max_items = check_int(max_items, "max_items", minimum=0)
         backbone.eval().to(device).to(memory_format=torch.channels_last)
         self.backbone = backbone
         self.device = torch.device(device)
@@ -123,6 +121,7 @@ def encode_episode(
     return out
 
 
+@validated(memo_items=Int(0))
 def encode_episodes(
     episodes: Iterable[CLScenario | Mapping[str, CLScenario]],
     backbone: nn.Module | BackboneFeatures,
@@ -152,7 +151,6 @@ def encode_episodes(
         TypeError, ValueError: naming ``backbone``, ``device``, ``batch_size`` or
             ``memo_items``, when called (not at the first episode).
     """
-    memo_items = check_int(memo_items, "memo_items", minimum=0)
     memo = (
         backbone
         if isinstance(backbone, BackboneFeatures)
