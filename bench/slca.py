@@ -211,9 +211,11 @@ def record(results: dict, name: str, run: dict, variant: str) -> None:
 
 def summarise(runs: list[dict]) -> dict:
     """Mean, std (over seeds, ddof 0) and per-seed values of each figure, to 4 places."""
-    def rounded(v):
-        return [rounded(x) for x in v] if isinstance(v, list) else None if v is None \
-            else round(v, 4)
+    def rounded(value):
+        if isinstance(value, list):
+            return [rounded(v) for v in value]
+        return None if value is None else round(value, 4)
+
     out = {key: {k: rounded(v) for k, v in figure.items()}
            for key, figure in mean_and_spread(runs).items()}
     out["seeds"] = len(runs)

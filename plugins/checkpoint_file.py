@@ -12,7 +12,6 @@ the previous checkpoint whole, and two writers never collide.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import os
@@ -67,9 +66,9 @@ def adapter_of(obj: object) -> tuple[Callable, Callable, Callable] | None:
 
 def _attributes(*names: str) -> tuple[Callable, Callable]:
     """An adapter's ``get`` / ``put`` for plain attributes (dotted: of a part); ``put`` reads
-    every value before it sets one."""
+    every value before it sets one (``load_component`` hands it a copy of the file's state)."""
     def put(obj, state: dict) -> None:
-        values = [copy.copy(state[name]) for name in names]
+        values = [state[name] for name in names]
         for name, value in zip(names, values, strict=True):
             owner, _, attr = name.rpartition(".")
             setattr(attrgetter(owner)(obj) if owner else obj, attr, value)
