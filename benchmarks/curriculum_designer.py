@@ -21,7 +21,16 @@ import torch
 from torch.utils.data import Dataset
 
 from ..models.backbones import Backbone, pretrained_backbone
-from ..models.core.checks import check_bool, check_int, check_labelled, check_seed
+from ..models.core.checks import (
+    Function,
+    Instance,
+    Int,
+    Registered,
+    Seed,
+    check_bool,
+    check_labelled,
+    validate,
+)
 from ..models.core.distributed import default_reduction, shard
 from ..models.features import extract_features
 from .class_distances import CLASS_DISTANCES
@@ -64,13 +73,22 @@ class CurriculumDesigner:
         max_per_class: images per class used for the prototypes (``None``: all).
         seed: seed of the choice of those images.
         device: where the teacher runs.
-        samples_per_class: deprecated name of ``max_per_class``.
 
     Attributes:
         classes_: after fitting, ``list[int]``, the fitted classes in ascending order.
         prototypes_: ``[C, D]`` float64 tensor.
         distances_: ``[C, C]`` float64 raw distance matrix (also ``distance_matrix``).
     """
+
+    #: What each parameter must be, checked at construction and at each fit (scikit-learn's
+    #: ``_parameter_constraints``); a state being loaded is checked against it too.
+    parameter_constraints = {
+        "teacher": Function(optional=True),
+        "distance": Registered(CLASS_DISTANCES),
+        "max_per_class": Int(1, optional=True),
+        "seed": Seed(),
+        "device": Instance(str, torch.device, what="a str or torch.device"),
+    }
 
     def __init__(
         self,
@@ -91,19 +109,8 @@ class CurriculumDesigner:
     # -- fitting
     def _check_params(self) -> None:
         """TypeError/ValueError naming the first bad parameter (run at construction and fit)."""
-        teacher = self.teacher
-        if teacher is not None and not callable(teacher):
-            raise TypeError(
-                f"teacher must be None, a torch module or a callable, got {type(teacher).__name__}"
-            )
-        if not isinstance(self.distance, str) or self.distance not in CLASS_DISTANCES:
-            raise ValueError(
-                f"distance must be one of {tuple(CLASS_DISTANCES)}, got {self.distance!r}"
-            )
-        check_int(self.max_per_class, "max_per_class", minimum=1, optional=True)
-        check_seed(self.seed)
-        if not isinstance(self.device, (str, torch.device)):
-            raise TypeError(f"device must be a str or torch.device, got {self.device!r}")
+        validate(self.parameter_constraints,
+                 {name: getattr(self, name) for name in self.parameter_constraints})
 
     def _subsample(self, targets: torch.Tensor, classes: list[int]) -> torch.Tensor:
         """Sorted indices of up to ``max_per_class`` items of each class (seeded shuffle)."""
@@ -301,22 +308,16 @@ class CurriculumDesigner:
     def load_state_dict(self, state: dict) -> None:
         """Restore what :meth:`state_dict` returned (the teacher is not part of it).
 
-        States saved before the rename hold ``samples_per_class`` instead of
-        ``max_per_class``; they load the same. The whole state is checked before
-        anything is changed.
+        The whole state is checked before anything is changed.
         """
-        if not isinstance(state, Mapping) or not {"distance", "seed"} <= state.keys():
+        names = ("distance", "max_per_class", "seed")
+        if not isinstance(state, Mapping):
             raise ValueError("state must be a CurriculumDesigner.state_dict() mapping")
-        key = "max_per_class" if "max_per_class" in state else "samples_per_class"
-        if key not in state:
-            raise ValueError("state must hold max_per_class (or samples_per_class)")
-        distance = state["distance"]
-        if not isinstance(distance, str) or distance not in CLASS_DISTANCES:
-            raise ValueError(
-                f"state's distance must be one of {tuple(CLASS_DISTANCES)}, got {distance!r}"
-            )
-        max_per_class = check_int(state[key], "state's max_per_class", minimum=1, optional=True)
-        seed = check_seed(state["seed"], "state's seed")
+        if not set(names) <= state.keys():
+            raise ValueError("state must be a CurriculumDesigner.state_dict() mapping, without "
+                             f"{sorted(set(names) - state.keys())}")
+        distance, max_per_class, seed = (self.parameter_constraints[name].check(
+            state[name], f"state's {name}") for name in names)
         fitted = None
         if "distances" in state:
             classes = as_class_list(state["classes"], "state's classes")

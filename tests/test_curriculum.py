@@ -384,13 +384,15 @@ def test_designer_state_dict_round_trip():
     assert other.rank() == cd.rank()
     assert other.score([2, 0, 3, 1]) == cd.score([2, 0, 3, 1])
     assert other.max_per_class == 7 and other.seed == 3
-    # a state saved before the rename (key samples_per_class) loads the same
+    # the key of a format never released (samples_per_class) is refused, naming the missing key,
+    # and nothing changes
     old = {
         ("samples_per_class" if k == "max_per_class" else k): v for k, v in cd.state_dict().items()
     }
     older = CurriculumDesigner()
-    older.load_state_dict(old)
-    assert older.max_per_class == 7 and older.rank() == cd.rank()
+    with pytest.raises(ValueError, match=r"without \['max_per_class'\]"):
+        older.load_state_dict(old)
+    assert older.max_per_class == 500 and not hasattr(older, "distances_")
     # max_per_class is honoured: the prototypes use 7 of the 10 items of each class
     assert not torch.allclose(
         cd.prototypes_,

@@ -87,15 +87,21 @@ class Real(Constraint):
     """A finite real number (not a bool) as a ``float``, with optional bounds."""
 
     def __init__(self, *, gt: float | None = None, ge: float | None = None,
-                 le: float | None = None, optional: bool = False) -> None:
-        self.gt, self.ge, self.le, self.optional = gt, ge, le, optional
+                 lt: float | None = None, le: float | None = None,
+                 optional: bool = False) -> None:
+        self.gt, self.ge, self.lt, self.le, self.optional = gt, ge, lt, le, optional
 
     def _expected(self) -> str:
+        low = (f"({self.gt:g}" if self.gt is not None else
+               f"[{self.ge:g}" if self.ge is not None else None)
+        high = (f"{self.lt:g})" if self.lt is not None else
+                f"{self.le:g}]" if self.le is not None else None)
+        if low and high:
+            return f"a finite number in {low}, {high}"
         bounds = [f"> {self.gt:g}"] if self.gt is not None else []
         bounds += [f">= {self.ge:g}"] if self.ge is not None else []
+        bounds += [f"< {self.lt:g}"] if self.lt is not None else []
         bounds += [f"<= {self.le:g}"] if self.le is not None else []
-        if self.ge is not None and self.le is not None:
-            bounds = [f"in [{self.ge:g}, {self.le:g}]"]
         return "a finite number" + ("" if not bounds else " " + " and ".join(bounds))
 
     def _check(self, value: Any, name: str) -> float:
@@ -104,6 +110,7 @@ class Real(Constraint):
         out = float(value)
         if not math.isfinite(out) or (self.gt is not None and not out > self.gt) or (
                 self.ge is not None and not out >= self.ge) or (
+                self.lt is not None and not out < self.lt) or (
                 self.le is not None and not out <= self.le):
             raise self._fail(ValueError, value, name)
         return out
@@ -138,6 +145,22 @@ class OneOf(Constraint):
             if type(value) is type(choice) and value == choice:
                 return value
         raise self._fail(ValueError, value, name)
+
+
+class Registered(Constraint):
+    """A name registered in ``registry`` (a mapping), read at each check: names registered
+    after the constraint was made count."""
+
+    def __init__(self, registry: Mapping[str, Any], *, optional: bool = False) -> None:
+        self.registry, self.optional = registry, optional
+
+    def _expected(self) -> str:
+        return f"one of {tuple(self.registry)}"
+
+    def _check(self, value: Any, name: str) -> str:
+        if not isinstance(value, str) or value not in self.registry:
+            raise self._fail(ValueError, value, name)
+        return value
 
 
 class Text(Constraint):
