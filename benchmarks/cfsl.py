@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional
 
-from ..models.core.checks import Int, Seed, validated
+from ..models.core.checks import Int, OneOf, Seed, validated
 from .datasets import LabelledTensorDataset, digits, fashion_mnist
 
 
@@ -22,7 +22,7 @@ def upsample(images: torch.Tensor, size: int) -> torch.Tensor:
     return out.clamp(0.0, 1.0)
 
 
-@validated(size=Int(1), seed=Seed())
+@validated(split=OneOf("train", "test"), size=Int(1), seed=Seed())
 def fashion_and_digits(split: str = "test", size: int = 28, seed: int = 0) -> LabelledTensorDataset:
     """20 classes of ``[1, size, size]`` grey images: Fashion-MNIST (labels 0-9) + digits (10-19).
 
@@ -32,8 +32,6 @@ def fashion_and_digits(split: str = "test", size: int = 28, seed: int = 0) -> La
     (blurred 8x8 digits, not MNIST). Fashion-MNIST is resized too when ``size`` is
     not 28.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     fm = fashion_mnist()[0 if split == "train" else 1]
     fm_x = fm.data.unsqueeze(1).float() / 255.0
     if size != fm_x.shape[-1]:

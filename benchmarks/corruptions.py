@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from ..models.core.checks import check_fraction, check_seed
+from ..models.core.checks import Instance, OneOf, Real, Seed, validated
+
+#: What the corruptions' shared arguments must be.
+SEEDING = {"seed": Seed(optional=True), "generator": Instance(torch.Generator, optional=True)}
 
 CORRUPTIONS = ("occlusion", "noise")
 
@@ -49,10 +52,8 @@ class _ImageCorruption:
     def __init__(self, seed: int | None, generator: torch.Generator | None) -> None:
         if seed is not None and generator is not None:
             raise ValueError("give seed or generator, not both")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
         if seed is not None:
-            generator = torch.Generator().manual_seed(check_seed(seed))
+            generator = torch.Generator().manual_seed(seed)
         self.generator = generator
 
     def _corrupt(self, image: torch.Tensor) -> None:
@@ -85,13 +86,14 @@ class Occlusion(_ImageCorruption):
     Call it on ``[C, H, W]`` or ``[B, C, H, W]``; it returns a new tensor.
     """
 
+    @validated(radius_fraction=Real(ge=0.0, le=1.0), **SEEDING)
     def __init__(
         self,
         radius_fraction: float,
         seed: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        self.radius_fraction = check_fraction(radius_fraction, "radius_fraction")
+        self.radius_fraction = radius_fraction
         super().__init__(seed, generator)
 
     def _corrupt(self, image: torch.Tensor) -> None:
@@ -132,13 +134,14 @@ class PixelNoise(_ImageCorruption):
     Call it on ``[C, H, W]`` or ``[B, C, H, W]`` images in [0, 1]; it returns a new tensor.
     """
 
+    @validated(fraction=Real(ge=0.0, le=1.0), **SEEDING)
     def __init__(
         self,
         fraction: float,
         seed: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        self.fraction = check_fraction(fraction, "fraction")
+        self.fraction = fraction
         super().__init__(seed, generator)
 
     def _corrupt(self, image: torch.Tensor) -> None:
@@ -153,6 +156,8 @@ class PixelNoise(_ImageCorruption):
         return f"PixelNoise(fraction={self.fraction})"
 
 
+@validated(corruption=OneOf(None, *CORRUPTIONS), severity=Real(ge=0.0, le=1.0),
+           seed=Seed(optional=True))
 def make_corruption(
     corruption: str | None, severity: float, seed: int | None = None
 ) -> Occlusion | PixelNoise | None:
@@ -162,7 +167,6 @@ def make_corruption(
     ``p`` for noise. Returns None for ``corruption=None``, whose severity must be 0
     (a severity without a corruption is a mistake, not a no-op).
     """
-    severity = check_fraction(severity, "severity")
     if corruption is None:
         if severity != 0.0:
             raise ValueError(
@@ -170,11 +174,7 @@ def make_corruption(
                 f"corruption={CORRUPTIONS[0]!r} or {CORRUPTIONS[1]!r}, or severity=0"
             )
         return None
-    if corruption == "occlusion":
-        return Occlusion(severity, seed=seed)
-    if corruption == "noise":
-        return PixelNoise(severity, seed=seed)
-    raise ValueError(f"corruption must be None or one of {CORRUPTIONS}, got {corruption!r}")
+    return (Occlusion if corruption == "occlusion" else PixelNoise)(severity, seed=seed)
 
 
 def corrupt_images(

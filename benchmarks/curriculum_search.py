@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from ..models.core.checks import Int, Seed, validated
+from ..models.core.checks import Int, OneOf, Seed, validated
 from .curriculum_score import score_orders, score_steps
 
 SEARCHES = ("auto", "exhaustive", "beam")
@@ -143,7 +143,8 @@ def default_beam_width(n: int) -> int:
     return int(min(256, max(16, 20000 // max(n, 1))))
 
 
-@validated(top_k=Int(1, optional=True), beam_width=Int(1, optional=True), seed=Seed())
+@validated(top_k=Int(1, optional=True), search=OneOf(*SEARCHES), beam_width=Int(1, optional=True),
+           seed=Seed())
 def rank_orders(
     d: np.ndarray,
     var: np.ndarray,
@@ -171,8 +172,6 @@ def rank_orders(
     Returns:
         ``(orders [M, n] int, scores [M] float64)``, best first.
     """
-    if not isinstance(search, str) or search not in SEARCHES:
-        raise ValueError(f"search must be 'auto', 'exhaustive' or 'beam', got {search!r}")
     n = d.shape[0]
     if search == "auto":
         search = "exhaustive" if n <= 8 else "beam"

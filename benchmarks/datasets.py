@@ -26,9 +26,12 @@ from torchvision import transforms
 from torchvision.datasets import FashionMNIST
 
 from ..models.core.checks import (
+    Bool,
+    Function,
+    Instance,
     Int,
+    Real,
     Seed,
-    check_bool,
     check_int,
     check_labelled,
     check_labels,
@@ -93,6 +96,8 @@ def _unpack_debian_fashion_mnist(source: Path, root: Path) -> None:
         partial.replace(target)
 
 
+@validated(root=Instance(str, os.PathLike, what="a folder path", optional=True),
+           download=Bool(), transform=Function(optional=True))
 def fashion_mnist(
     root: str | os.PathLike | None = None,
     download: bool = False,
@@ -119,11 +124,6 @@ def fashion_mnist(
     Raises:
         FileNotFoundError: naming the three ways to get the data.
     """
-    if root is not None and not isinstance(root, (str, os.PathLike)):
-        raise TypeError(f"root must be a folder path or None, got {root!r}")
-    check_bool(download, "download")
-    if transform is not None and not callable(transform):
-        raise TypeError(f"transform must be callable or None, got {transform!r}")
     transform = transforms.ToTensor() if transform is None else transform
     if root is not None and _has_raw_fashion_mnist(Path(root)):
         found = Path(root)
@@ -146,7 +146,7 @@ def fashion_mnist(
     return train, test
 
 
-@validated(seed=Seed())
+@validated(test_fraction=Real(gt=0.0, lt=1.0), seed=Seed())
 def digits(
     test_fraction: float = 0.25, seed: int = 0
 ) -> tuple[LabelledTensorDataset, LabelledTensorDataset]:
@@ -159,10 +159,6 @@ def digits(
         test_fraction: share of each class put in the test set, in (0, 1).
         seed: seed of the split, an integer >= 0.
     """
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)):
-        raise TypeError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
     from sklearn.datasets import load_digits
 
     bunch = load_digits()

@@ -24,11 +24,12 @@ from avalanche.benchmarks.scenarios.generic_scenario import CLScenario
 from scipy import stats
 from tqdm.auto import tqdm
 
-from ..models.core.checks import check_bool, check_int
+from ..models.core.checks import Bool, Function, Int, Real, validated
 
 STREAM_ACCURACY_KEY = "Top1_Acc_Stream/eval_phase/test_stream"
 
 
+@validated(level=Real(gt=0.0, lt=1.0))
 def mean_confidence_interval(values: Iterable[float], level: float = 0.95) -> tuple[float, float]:
     """Mean and half-width of its Student-t confidence interval at ``level``.
 
@@ -39,10 +40,6 @@ def mean_confidence_interval(values: Iterable[float], level: float = 0.95) -> tu
         TypeError: ``values`` holds something other than real numbers.
         ValueError: ``values`` is empty or holds NaN/inf; ``level`` not in (0, 1).
     """
-    if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)):
-        raise TypeError(f"level must be a number in (0, 1), got {level!r}")
-    if not 0.0 < float(level) < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
     try:
         x = np.asarray(list(values), dtype=np.float64)
     except (TypeError, ValueError) as err:
@@ -177,6 +174,7 @@ def _check_same_support(item: Mapping[str, CLScenario]) -> None:
             )
 
 
+@validated(make_strategy=Function(), progress=Bool(optional=True), total=Int(0, optional=True))
 def run_episodes(
     make_strategy: Callable[[], object],
     episodes: Iterable[CLScenario | Mapping[str, CLScenario]],
@@ -205,12 +203,6 @@ def run_episodes(
         ValueError: if the factory returns the same strategy object twice in a
             row, or the strategy reports no stream accuracy.
     """
-    if not callable(make_strategy):
-        raise TypeError(f"make_strategy must be a callable returning a new strategy, got "
-                        f"{make_strategy!r}")
-    if progress is not None:
-        check_bool(progress, "progress")
-    total = check_int(total, "total", minimum=0, optional=True)
     accuracies: dict[str, list[float]] = {}
     previous = None
     start = time.perf_counter()
