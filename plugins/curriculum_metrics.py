@@ -19,6 +19,7 @@ from avalanche.evaluation.metric_results import MetricValue
 from avalanche.training.supervised import JointTraining
 
 from ..models.accuracy_matrix import accuracy_matrix_from_rows, last_accuracy
+from ..models.core.checks import STREAM
 from ..models.core.distributed import default_reduction
 from .curriculum_f import curriculum_effectiveness, effectiveness_f
 from .curriculum_state import parse_curriculum_state
@@ -196,8 +197,7 @@ class CurriculumEffectiveness(PluginMetric[dict]):
     def accuracy_matrix(self, stream: str = "test") -> np.ndarray:
         """``[T, E]`` accuracies measured on ``stream`` (NaN where not evaluated): the input of
         every figure of :mod:`neve.models.accuracy_matrix`."""
-        if not isinstance(stream, str):
-            raise TypeError(f"stream must be a stream name (str), got {stream!r}")
+        stream = STREAM.check(stream, "stream")
         rows = self.rows.get(stream, {})
         return accuracy_matrix_from_rows(rows) if rows else np.zeros((0, 0))
 

@@ -16,6 +16,7 @@ from avalanche.training.plugins import LRSchedulerPlugin
 from torch import nn
 
 from ..models.classifier import model_part
+from ..models.core.checks import Instance, validated
 from ..plugins.alignment import ClassifierAlignmentPlugin
 from ..plugins.slow_learner import SlowLearnerPlugin, split_param_groups
 
@@ -61,6 +62,7 @@ class SLCASettings:
 PAPER_SETTINGS = SLCASettings()
 
 
+@validated(model=Instance(nn.Module), settings=Instance(SLCASettings))
 def paper_parts(model: nn.Module, settings: SLCASettings = PAPER_SETTINGS, *,
                 head: str = "classifier", slow_learner_options: dict | None = None,
                 alignment_options: dict | None = None, plugins: list | None = None
@@ -80,10 +82,6 @@ def paper_parts(model: nn.Module, settings: SLCASettings = PAPER_SETTINGS, *,
         plugins)`` as a dict, and the step-decay scheduler plugin (None without
         milestones). :meth:`neve.strategies.SLCA.paper` builds the strategy.
     """
-    if not isinstance(settings, SLCASettings):
-        raise TypeError(f"settings must be an SLCASettings, got {settings!r}")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if any(isinstance(m, bool) or not isinstance(m, int) or m < 1
            for m in settings.lr_milestones):
         raise ValueError(f"lr_milestones must be epochs >= 1, got {settings.lr_milestones!r}")

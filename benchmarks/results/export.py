@@ -13,7 +13,7 @@ import numpy as np
 from avalanche.training.determinism.rng_manager import RNGManager
 
 from ...models.accuracy_matrix import check_accuracy_matrix, check_test_sizes, summary
-from ...models.core.checks import check_seed
+from ...models.core.checks import Function, check_seed, validated
 from .matrix import accuracy_matrix_of
 
 __all__ = ["export_results", "mean_and_spread", "results_table", "run_seeds"]
@@ -92,6 +92,7 @@ def mean_and_spread(per_seed: Sequence[Mapping[str, float]], ddof: int = 0) -> d
     return out
 
 
+@validated(make_strategy=Function())
 def run_seeds(make_strategy: Callable[[int], object], benchmark, seeds: Iterable[int],
               stream: str = "test", on_step: Callable[[int, int, dict], None] | None = None
               ) -> dict:
@@ -109,8 +110,6 @@ def run_seeds(make_strategy: Callable[[int], object], benchmark, seeds: Iterable
     seeds = [check_seed(s, "seeds") for s in seeds]
     if not seeds:
         raise ValueError("seeds must name at least one seed")
-    if not callable(make_strategy):
-        raise TypeError(f"make_strategy must be callable, got {make_strategy!r}")
     eval_stream = getattr(benchmark, f"{stream}_stream")
     matrices, figures = [], []
     for seed in seeds:

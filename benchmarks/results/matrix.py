@@ -26,6 +26,7 @@ from avalanche.evaluation.metrics import AccuracyMatrixPluginMetric
 from avalanche.training.plugins import EvaluationPlugin
 
 from ...models.accuracy_matrix import accuracy_matrix_from_rows, check_accuracy_matrix
+from ...models.core.checks import STREAM, validated
 
 __all__ = ["EXPERIENCE_ACCURACY", "accuracy_matrix_of"]
 
@@ -65,6 +66,7 @@ def _from_metric(metric, stream: str) -> np.ndarray | None:
     return None
 
 
+@validated(stream=STREAM)
 def accuracy_matrix_of(source, stream: str = "test") -> np.ndarray:
     """``[T, E]`` accuracy matrix of ``source`` (see the module docstring) on ``stream``.
 
@@ -73,8 +75,6 @@ def accuracy_matrix_of(source, stream: str = "test") -> np.ndarray:
         ValueError: it holds no per-experience accuracy of ``stream``, or values outside
             ``[0, 1]``.
     """
-    if not isinstance(stream, str):
-        raise TypeError(f"stream must be a stream name (str), got {stream!r}")
     matrix = None
     if isinstance(source, EvaluationPlugin):
         found = [m for m in (_from_metric(m, stream) for m in source.metrics) if m is not None]

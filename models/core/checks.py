@@ -261,6 +261,9 @@ class Device(Constraint):
         return device
 
 
+#: The name of an Avalanche stream ("test", "train"...).
+STREAM = Instance(str, what="a stream name (str)")
+
 Constraints = Mapping[str, Constraint]
 
 
