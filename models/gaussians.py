@@ -20,7 +20,7 @@ import math
 import torch
 
 from .class_moments import Moments, checked_class_moments, class_moments, merge_moments
-from .core.checks import validated
+from .core.checks import Instance, Int, validated
 from .gaussian_checks import COVARIANCE, COVARIANCE_KINDS, RIDGE, check_update_inputs, checked_state
 
 __all__ = ["COVARIANCE_KINDS", "ClassGaussianStats", "class_moments", "merge_moments"]
@@ -256,6 +256,7 @@ class ClassGaussianStats:
                 self._factors[c] = psd_cholesky(self._own_covariance(c))
         return {c: self._factors[c] for c in self.classes if c not in self.low_rank}
 
+    @validated(samples_per_class=Int(1), generator=Instance(torch.Generator, what="a torch.Generator"))
     def sample(
         self,
         samples_per_class: int,
@@ -275,11 +276,6 @@ class ClassGaussianStats:
             ``(features [K * n, D] float32, targets [K * n] int64)`` on ``device``,
             class by class in ascending class order.
         """
-        if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, int) \
-                or samples_per_class < 1:
-            raise ValueError(f"samples_per_class must be an int >= 1, got {samples_per_class!r}")
-        if not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {generator!r}")
         classes = self.classes if classes is None else classes
         unknown = sorted(set(classes) - set(self.means))
         if unknown or not classes:
