@@ -16,7 +16,8 @@ import torch
 from ..models.core.checks import Instance, OneOf, Real, Seed, validated
 
 #: What the corruptions' shared arguments must be.
-SEEDING = {"seed": Seed(optional=True), "generator": Instance(torch.Generator, what="a torch.Generator", optional=True)}
+SEEDING = {"seed": Seed(optional=True),
+           "generator": Instance(torch.Generator, what="a torch.Generator", optional=True)}
 
 CORRUPTIONS = ("occlusion", "noise")
 

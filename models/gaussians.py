@@ -256,7 +256,8 @@ class ClassGaussianStats:
                 self._factors[c] = psd_cholesky(self._own_covariance(c))
         return {c: self._factors[c] for c in self.classes if c not in self.low_rank}
 
-    @validated(samples_per_class=Int(1), generator=Instance(torch.Generator, what="a torch.Generator"))
+    @validated(samples_per_class=Int(1),
+               generator=Instance(torch.Generator, what="a torch.Generator"))
     def sample(
         self,
         samples_per_class: int,
