@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -25,6 +26,12 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from ..models.core.checks import Bool, Function, Int, Real, validated
+from ..models.core.distributed import (
+    default_reduction,
+    is_distributed,
+    rank_and_world,
+    working_alone,
+)
 
 STREAM_ACCURACY_KEY = "Top1_Acc_Stream/eval_phase/test_stream"
 
@@ -174,13 +181,16 @@ def _check_same_support(item: Mapping[str, CLScenario]) -> None:
             )
 
 
-@validated(make_strategy=Function(), progress=Bool(optional=True), total=Int(0, optional=True))
+@validated(make_strategy=Function(), progress=Bool(optional=True), total=Int(0, optional=True),
+           shard_episodes=Bool())
 def run_episodes(
     make_strategy: Callable[[], object],
     episodes: Iterable[CLScenario | Mapping[str, CLScenario]],
     name: str = "",
     progress: bool | None = None,
     total: int | None = None,
+    *,
+    shard_episodes: bool = False,
 ) -> EpisodeResults:
     """Train a fresh strategy on each episode and evaluate it on the queries.
 
@@ -198,15 +208,62 @@ def run_episodes(
         name: label stored in the results.
         progress: show a tqdm progress bar; None (default): on a terminal only.
         total: number of episodes, for the progress bar.
+        shard_episodes: under ``torch.distributed``, process ``r`` of ``W`` runs
+            episodes ``r, r + W, ...`` alone
+            (:func:`~neve.models.core.distributed.working_alone`: no collective inside
+            an episode), and every process returns all the accuracies in episode order
+            (two gathers at the end). Every episode iterable must give the same episodes
+            on every process, at least one per process, and the strategies must take
+            their loaders from neve (an ``ExactShardsPlugin``, as ``NearestPrototype``
+            and ``AnalyticCIL`` do). Without a process group it changes nothing.
 
     Raises:
         ValueError: if the factory returns the same strategy object twice in a
             row, or the strategy reports no stream accuracy.
     """
-    accuracies: dict[str, list[float]] = {}
-    previous = None
     start = time.perf_counter()
     disable = None if progress is None else not progress
+    if not (shard_episodes and is_distributed()):
+        accuracies = _episode_accuracies(make_strategy, episodes, name, disable, total)
+        if not accuracies:
+            raise ValueError("episodes must hold at least one episode")
+        return EpisodeResults(accuracies, time.perf_counter() - start, name)
+    rank, world = rank_and_world()
+    mine = (episode for i, episode in enumerate(episodes) if i % world == rank)
+    accuracies, error = {}, None
+    with working_alone():
+        try:
+            accuracies = _episode_accuracies(make_strategy, mine, name, disable or rank > 0,
+                                             None, alone=True)
+            if not accuracies:
+                raise ValueError(f"episodes must hold at least one episode per process "
+                                 f"(shard_episodes over {world} processes)")
+        except Exception as err:  # noqa: BLE001 - raised again below, on every process
+            error = err
+    reduction = default_reduction()
+    reduction.agree(error, "another process could not run its episodes (see its error)")
+    conditions = sorted(accuracies)
+    counts = reduction.rows(torch.tensor([[len(accuracies[conditions[0]]),
+                                           zlib.crc32("\0".join(conditions).encode())]]))
+    if len(set(counts[:, 1].tolist())) != 1:
+        raise ValueError("the processes' episodes have different conditions: every process "
+                         "must iterate over the same episodes")
+    rows = reduction.rows(torch.tensor([accuracies[c] for c in conditions],
+                                       dtype=torch.float64).T)
+    # process r's j-th row is episode j * world + r
+    index = torch.cat([torch.arange(int(n)) * world + r for r, n in enumerate(counts[:, 0])])
+    ordered = rows[torch.argsort(index)]
+    return EpisodeResults({c: ordered[:, k].tolist() for k, c in enumerate(conditions)},
+                          time.perf_counter() - start, name)
+
+
+def _episode_accuracies(make_strategy: Callable[[], object], episodes: Iterable, name: str,
+                        disable: bool | None, total: int | None, alone: bool = False
+                        ) -> dict[str, list[float]]:
+    """Each condition's accuracy of each episode, in order (:func:`run_episodes`); ``alone``:
+    refuse strategies whose loaders are Avalanche's (they would shard the episode)."""
+    accuracies: dict[str, list[float]] = {}
+    previous = None
     for episode in tqdm(episodes, desc=name or "episodes", total=total, disable=disable):
         conditions = dict(episode) if isinstance(episode, Mapping) else {"test": episode}
         if not conditions:
@@ -219,6 +276,13 @@ def run_episodes(
                 "make_strategy returned the same strategy object as for the previous "
                 "episode; it must build a new one per episode"
             )
+        if alone and not any(getattr(p, "sets_loaders", False)
+                             for p in getattr(strategy, "plugins", ())):
+            raise ValueError(
+                f"shard_episodes needs strategies whose loaders neve sets (an ExactShardsPlugin, "
+                f"as NearestPrototype and AnalyticCIL have); {type(strategy).__name__}'s "
+                "loaders are Avalanche's, which would shard each episode over the processes"
+            )
         previous = strategy
         first = next(iter(conditions.values()))
         for experience in first.train_stream:
@@ -226,9 +290,7 @@ def run_episodes(
         for cond, bm in conditions.items():
             metrics = strategy.eval(bm.test_stream)
             accuracies.setdefault(cond, []).append(_stream_accuracy(metrics))
-    if not accuracies:
-        raise ValueError("episodes must hold at least one episode")
-    return EpisodeResults(accuracies, time.perf_counter() - start, name)
+    return accuracies
 
 
 def _stream_accuracy(metrics: Mapping[str, float]) -> float:

@@ -30,8 +30,11 @@ the same for any number of processes:
   gathered over processes);
 * ``prototype``: NearestPrototype on instance-test episodes (20 images, 4 support
   sets, noisy queries): each process encodes its part of every support set and
-  query set of a group of episodes in one pass, the features are gathered; saved:
-  the episodes' accuracies and the group's features. One "experience" is a group.
+  query set of a group of episodes in one pass, the features are gathered; then
+  each process runs its share of the episodes alone (``run_episodes(...,
+  shard_episodes=True)``: no collective inside an episode) and the accuracies are
+  gathered; saved: the episodes' accuracies and the group's features. One
+  "experience" is a group.
 * ``all``: every method in turn (keys prefixed ``method/``), reseeded before each.
 
 Rank 0 prints the training seconds per experience and a line ``BENCH {json}``
@@ -288,7 +291,8 @@ def prototype(bm, device, args, report=None) -> tuple[dict, list[float]]:
         start = time.perf_counter()
         encoded = encode_group(episodes[g * size : (g + 1) * size], encode)
         res = run_episodes(lambda: NearestPrototype(num_classes=20, feature_dim=setup.features,
-                                                    device=device), encoded, progress=False)
+                                                    device=device), encoded, progress=False,
+                           shard_episodes=True)
         DistributedHelper.barrier()
         seconds.append(time.perf_counter() - start)
         accuracies += res.accuracies["test"]

@@ -43,6 +43,7 @@ from ..models.core.distributed import (
     exact_shard_loader,
     global_batch_part,
     is_distributed,
+    process_group_up,
     rank_and_world,
 )
 from .process_group import ddp_device_ids
@@ -75,7 +76,7 @@ class WholeEvaluationPlugin(SupervisedPlugin, supports_distributed=True):
     """
 
     def before_eval_exp(self, strategy, **kwargs) -> None:
-        if is_distributed():
+        if process_group_up():
             strategy.dataloader = whole_evaluation_loader(strategy)
 
     def state_dict(self) -> dict:
@@ -92,11 +93,16 @@ class ExactShardsPlugin(WholeEvaluationPlugin, supports_distributed=True):
     :func:`neve.models.core.distributed.exact_shard_loader` over ``adapted_dataset``
     (``train_mb_size``, a seeded shuffle: ``seed + experience index``); for
     evaluation, as :class:`WholeEvaluationPlugin`. Does nothing in a single process.
+    Inside :func:`~neve.models.core.distributed.working_alone` it gives the whole data
+    (Avalanche's loaders would shard it), so a strategy with it runs there as in one process.
 
     Args:
         seed: seed of the training shuffle (the same on every process).
         shuffle: shuffle the training items before sharding.
     """
+
+    #: Its strategy's loaders are neve's, not Avalanche's: safe inside ``working_alone``.
+    sets_loaders = True
 
     @validated(seed=Seed(), shuffle=Bool())
     def __init__(self, seed: int = 0, shuffle: bool = True) -> None:
@@ -104,7 +110,7 @@ class ExactShardsPlugin(WholeEvaluationPlugin, supports_distributed=True):
         self.seed, self.shuffle = seed, shuffle
 
     def before_training_exp(self, strategy, **kwargs) -> None:
-        if not is_distributed():
+        if not process_group_up():
             return
         data = strategy.adapted_dataset
         index = int(getattr(strategy.experience, "current_experience", 0) or 0)

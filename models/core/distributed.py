@@ -13,26 +13,55 @@ Exactness: :func:`shard` splits a dataset into contiguous, disjoint parts (rank
 order are the dataset itself, without the padding of torch's
 ``DistributedSampler`` (which repeats items to make the parts equal), and a sum
 reduced over the parts counts every item once.
+
+Inside :func:`working_alone`, a process of the group works as if it were the only
+one (no collective, the whole data), for work that splits into independent units
+such as few-shot episodes.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 
-def is_distributed() -> bool:
-    """True when a ``torch.distributed`` process group with more than one process is up."""
+def process_group_up() -> bool:
+    """True when a ``torch.distributed`` process group with more than one process is up, even
+    inside :func:`working_alone` (Avalanche's loaders then still shard their data)."""
     return (
         torch.distributed.is_available()
         and torch.distributed.is_initialized()
         and torch.distributed.get_world_size() > 1
     )
+
+
+_ALONE = {"depth": 0}
+
+
+def is_distributed() -> bool:
+    """True when neve's work is split over several processes: a process group is up
+    (:func:`process_group_up`) and this process is not :func:`working_alone`."""
+    return _ALONE["depth"] == 0 and process_group_up()
+
+
+@contextmanager
+def working_alone() -> Iterator[None]:
+    """Inside, this process works as the only one: :func:`is_distributed` is False, so
+    :func:`rank_and_world` is ``(0, 1)``, :func:`default_reduction` the identity and no
+    collective is called; the process group stays up. Avalanche's loaders still see the
+    group and shard: strategies run inside need neve's loader policy
+    (:class:`~neve.plugins.ExactShardsPlugin`, which gives them the whole data). Nests."""
+    _ALONE["depth"] += 1
+    try:
+        yield
+    finally:
+        _ALONE["depth"] -= 1
 
 
 def rank_and_world() -> tuple[int, int]:
