@@ -28,8 +28,10 @@ classes of the experience, ``n`` its images:
   whatever N;
 * Curriculum Designer: the gathered teacher features (``4 b n / N`` per process);
 * NearestPrototype episodes: per group one gather of the features of its images
-  (``4 b 40 e / N`` per process, ``e`` episodes of 20 supports and 20 queries) and
-  per support set (4 per episode) an all-reduce of the class sums (``8 * 20 b``).
+  (``4 b 40 e / N`` per process, ``e`` episodes of 20 supports and 20 queries); the
+  episodes then run alone on each process (``run_episodes(..., shard_episodes=True)``),
+  and the group ends with one agreement and the gathers of the episode counts and
+  of the accuracies (``8 e / N``).
 """
 
 from __future__ import annotations
@@ -107,9 +109,10 @@ def method_collectives(method: str, processes: int, *, b: int, classes: int,
                 Collective("all_gather", 3, 8 * images / n)]
     if method == "prototype":
         return [Collective("all_gather", 1, 4 * b * 40 * episodes / n),
-                Collective("all_gather", 1, 8),
-                Collective("all_reduce", 4 * episodes, 8 * 20 * (b + 1)),
-                Collective("all_reduce", 8 * episodes, 8)]
+                Collective("all_reduce", 1, 4),  # the agreement that every process ran
+                Collective("all_gather", 3, 8),  # row counts (features, counts, accuracies)
+                Collective("all_gather", 1, 16),  # each process's episodes and conditions
+                Collective("all_gather", 1, 8 * episodes / n)]
     raise ValueError(f"unknown method {method!r}")
 
 

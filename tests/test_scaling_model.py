@@ -52,6 +52,18 @@ def test_ddp_steps_do_not_shrink_with_processes():
     assert two[-1].payload == 4000
 
 
+def test_prototype_calls_per_group_do_not_grow_with_episodes():
+    # sharded episodes: the same 7 calls per group for any number of episodes; the features'
+    # bytes per process grow with them and shrink with N
+    calls = [sum(c.calls for c in model.method_collectives(
+        "prototype", 2, b=64, classes=20, new_classes=20, images=0, episodes=e))
+        for e in (3, 30)]
+    assert calls == [7, 7]
+    first = model.method_collectives("prototype", 4, b=64, classes=20, new_classes=20, images=0,
+                                     episodes=30)[0]
+    assert first.payload == 4 * 64 * 40 * 30 / 4
+
+
 def test_expected_seconds_adds_compute_share_serial_and_collectives():
     colls = [model.Collective("all_reduce", 3, 1e6), model.Collective("all_gather", 2, 1e3)]
     alpha, beta = 1e-4, 1e-9
