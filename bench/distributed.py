@@ -3,6 +3,7 @@
     python bench/distributed.py --dataset fashion-mnist   # 1x1, 2x1, 1x2, every method
     python bench/distributed.py                           # the same on Split digits
     python bench/distributed.py --layout nodes --backend gloo   # N processes sharing GPU 0
+    python bench/distributed.py --dataset fashion-mnist --repeats 2   # fastest of 2 rounds
 
 One launch of ``examples/distributed.py --method all`` per configuration: 1 process
 x 1 thread, N processes x 1 thread (``OMP_NUM_THREADS=1``), 1 process x N threads,
@@ -174,41 +175,57 @@ def breakdown(single: dict, many: dict, calibration: dict, processes: int) -> di
 
 
 def scaling(processes: int, layout: str, extra: list[str], method: str = "all",
-            timeout_s: float = 1200) -> dict:
-    """One ``--method all`` (or one method's) launch per configuration (1x1, Nx1, 1xN);
-    the per-method report."""
+            timeout_s: float = 1200, repeats: int = 1) -> dict:
+    """``repeats`` rounds of one ``--method all`` (or one method's) launch per
+    configuration (1x1, Nx1, 1xN, interleaved); the per-method report.
+
+    Each method's seconds per configuration are the fastest of its rounds (on a shared
+    machine another job only ever slows a launch down), its breakdown comes from the
+    rounds that gave them, and the differences from the first round's tensors.
+    """
     configs = {"1x1": (1, 1), f"{processes}x1": (processes, 1), f"1x{processes}": (1, processes)}
-    runs, loads = {}, {}
+    runs = {name: [] for name in configs}
+    loads = {name: [] for name in configs}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (procs, threads) in configs.items():
-            runs[name] = launch(METHODS.get(method, ["--method", "all"]), procs, layout,
-                                Path(tmp) / name, extra, threads=threads, timeout_s=timeout_s)
-            loads[name] = os.getloadavg()[0]  # the 1-minute load average at its end
-    base, many = runs["1x1"], runs[f"{processes}x1"]
+        for round_ in range(repeats):
+            for name, (procs, threads) in configs.items():
+                runs[name].append(launch(METHODS.get(method, ["--method", "all"]), procs, layout,
+                                         Path(tmp) / f"{name}-{round_}", extra, threads=threads,
+                                         timeout_s=timeout_s))
+                loads[name].append(os.getloadavg()[0])  # the 1-minute load average at its end
+    first = {name: rounds[0] for name, rounds in runs.items()}
     methods = {}
-    for method, single in base[1]["methods"].items():
-        seconds = {name: run[1]["methods"][method]["seconds_per_experience"]
-                   for name, run in runs.items()}
+    for method in first["1x1"][1]["methods"]:
+        fastest = {name: min((run[1]["methods"][method] for run in rounds),
+                             key=lambda m: m["seconds_per_experience"])
+                   for name, rounds in runs.items()}
+        seconds = {name: m["seconds_per_experience"] for name, m in fastest.items()}
         methods[method] = {
             "seconds_per_experience": seconds,
+            "seconds_per_experience_rounds": {
+                name: [run[1]["methods"][method]["seconds_per_experience"] for run in rounds]
+                for name, rounds in runs.items()},
             "speedup": {name: seconds["1x1"] / s for name, s in seconds.items() if name != "1x1"},
             "largest_relative_difference": largest_relative_difference(
-                of_method(base[0], method), of_method(many[0], method)),
+                of_method(first["1x1"][0], method),
+                of_method(first[f"{processes}x1"][0], method)),
             # the floor: one process, only the thread count (a float's summation order) changed
             "largest_relative_difference_threads": largest_relative_difference(
-                of_method(base[0], method), of_method(runs[f"1x{processes}"][0], method)),
-            "images_per_experience": single["images_per_experience"],
-            "breakdown": breakdown(single, many[1]["methods"][method], many[1]["calibration"],
-                                   processes),
+                of_method(first["1x1"][0], method),
+                of_method(first[f"1x{processes}"][0], method)),
+            "images_per_experience": fastest["1x1"]["images_per_experience"],
+            "breakdown": breakdown(fastest["1x1"], fastest[f"{processes}x1"],
+                                   first[f"{processes}x1"][1]["calibration"], processes),
         }
     startup = {name: {"launch_wall_s": wall, "setup_s": report["setup_s"],
                       "training_s": sum(m["seconds_per_experience"] * m["timed"]
                                         for m in report["methods"].values())}
-               for name, (_, report, wall) in runs.items()}
+               for name, (_, report, wall) in first.items()}
     for name, entry in startup.items():
         entry["startup_s"] = entry["launch_wall_s"] - entry["training_s"]
-        entry["load_average_1min_at_end"] = loads[name]
-    return {"methods": methods, "startup": startup, "calibration": many[1]["calibration"]}
+        entry["load_average_1min_at_end"] = loads[name][0]
+    return {"methods": methods, "startup": startup, "repeats": repeats,
+            "calibration": first[f"{processes}x1"][1]["calibration"]}
 
 
 def main() -> None:
@@ -225,7 +242,11 @@ def main() -> None:
     parser.add_argument("--backend", choices=("nccl", "gloo"), default=None)
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU with a GPU present")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per launch")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds of launches; each time is the fastest of its rounds")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     extra = (["--backend", args.backend] if args.backend else []) + (["--cpu"] if args.cpu else [])
     extra += ["--dataset", args.dataset]
     experiences = args.experiences or (2 if args.dataset == "fashion-mnist" else None)
@@ -239,7 +260,7 @@ def main() -> None:
         "backend": args.backend or ("nccl" if torch.cuda.is_available() and not args.cpu
                                     else "gloo"),
         "dataset": args.dataset, "cpu_cores": os.cpu_count(),
-        **scaling(args.processes, args.layout, extra, args.method, args.timeout),
+        **scaling(args.processes, args.layout, extra, args.method, args.timeout, args.repeats),
     }
     report["seconds"] = time.perf_counter() - start
     report["load_average"] = {"before": load, "after": os.getloadavg()}

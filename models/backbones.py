@@ -126,6 +126,15 @@ class Backbone(nn.Module):
         return self.transform.input_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, S, S]`` images to ``[B, feature_dim]`` features.
+
+        On CPU, images go through the network in channels-last memory order: the
+        same numbers to float rounding, and the convolutions run faster, in
+        training as in a feature pass (``bench/channels_last.py``). On other
+        devices, where it has not been measured, the caller's order is kept.
+        """
+        if x.dim() == 4 and x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
         out = self.net(x)
         return out.flatten(1) if out.dim() > 2 else out
 

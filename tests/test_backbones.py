@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -32,6 +34,36 @@ def test_features_are_deterministic_and_1280d(backbone, digits_data):
     assert torch.equal(a, b) and torch.equal(ya, yb)
     assert torch.equal(ya, train.targets[:40])
     assert a.std(0).mean() > 0.01  # features vary between images
+
+
+def test_backbone_runs_its_network_channels_last_with_the_nchw_numbers(backbone):
+    seen = []
+    hook = backbone.net.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    x = backbone.transform(torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(0)))
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            out = backbone(x)
+    finally:
+        hook.remove()
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
+    assert not x.is_contiguous(memory_format=torch.channels_last)  # the caller's order
+    with torch.no_grad():
+        reference = backbone.net(x.contiguous()).flatten(1)  # the network on NCHW images
+    assert out.shape == reference.shape == (6, 1280)
+    assert torch.allclose(out, reference, rtol=1e-4, atol=1e-5 * reference.abs().max())
+
+
+def test_backbone_keeps_the_callers_memory_order_off_the_cpu(backbone):
+    # channels-last is measured on CPU only: elsewhere (here the meta device, which
+    # runs shapes without data) the network gets the images as they came
+    on_meta = copy.deepcopy(backbone).to("meta").eval()
+    seen = []
+    on_meta.net.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    with torch.no_grad():
+        out = on_meta(torch.empty(2, 3, 32, 32, device="meta"))
+    assert out.shape == (2, 1280) and out.device.type == "meta"
+    assert not seen[0].is_contiguous(memory_format=torch.channels_last)
 
 
 def test_cache_returns_identical_tensors_without_recomputing(
@@ -169,7 +201,9 @@ def test_torchvision_resnet_loads_a_pth_and_normalises_as_its_weights(tmp_path):
     ref.eval(), b.eval()
     x = b.transform(_grey())
     with torch.no_grad():
-        assert b.feature_dim == 512 and torch.allclose(b(x), ref(x), atol=1e-6)
+        # the Backbone runs its network channels-last: the reference on the same order
+        last = x.contiguous(memory_format=torch.channels_last)
+        assert b.feature_dim == 512 and torch.allclose(b(x), ref(last), atol=1e-6)
 
 
 def test_weights_file_mismatch_names_the_file_and_the_keys(tmp_path):
