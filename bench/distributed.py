@@ -181,41 +181,42 @@ def scaling(processes: int, layout: str, extra: list[str], method: str = "all",
 
     Each method's seconds per configuration are the fastest of its rounds (on a shared
     machine another job only ever slows a launch down), its breakdown comes from the
-    rounds that gave them, and the differences from the first round's tensors.
+    launches that gave them (with that N-process launch's calibration), and the
+    differences from the first round's tensors.
     """
     configs = {"1x1": (1, 1), f"{processes}x1": (processes, 1), f"1x{processes}": (1, processes)}
-    runs = {name: [] for name in configs}
-    loads = {name: [] for name in configs}
+    runs, loads = {name: [] for name in configs}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(repeats):
             for name, (procs, threads) in configs.items():
                 runs[name].append(launch(METHODS.get(method, ["--method", "all"]), procs, layout,
                                          Path(tmp) / f"{name}-{round_}", extra, threads=threads,
                                          timeout_s=timeout_s))
-                loads[name].append(os.getloadavg()[0])  # the 1-minute load average at its end
+                loads.setdefault(name, os.getloadavg()[0])  # 1-minute load, end of round 0
     first = {name: rounds[0] for name, rounds in runs.items()}
+    many = f"{processes}x1"
     methods = {}
     for method in first["1x1"][1]["methods"]:
-        fastest = {name: min((run[1]["methods"][method] for run in rounds),
-                             key=lambda m: m["seconds_per_experience"])
+        def of(run: tuple, method: str = method) -> dict:
+            return run[1]["methods"][method]  # the method's entry in a launch's report
+        rounds_s = {name: [of(run)["seconds_per_experience"] for run in rounds]
+                    for name, rounds in runs.items()}
+        fastest = {name: min(rounds, key=lambda run: of(run)["seconds_per_experience"])
                    for name, rounds in runs.items()}
-        seconds = {name: m["seconds_per_experience"] for name, m in fastest.items()}
+        seconds = {name: of(run)["seconds_per_experience"] for name, run in fastest.items()}
         methods[method] = {
             "seconds_per_experience": seconds,
-            "seconds_per_experience_rounds": {
-                name: [run[1]["methods"][method]["seconds_per_experience"] for run in rounds]
-                for name, rounds in runs.items()},
+            "seconds_per_experience_rounds": rounds_s,
             "speedup": {name: seconds["1x1"] / s for name, s in seconds.items() if name != "1x1"},
             "largest_relative_difference": largest_relative_difference(
-                of_method(first["1x1"][0], method),
-                of_method(first[f"{processes}x1"][0], method)),
+                of_method(first["1x1"][0], method), of_method(first[many][0], method)),
             # the floor: one process, only the thread count (a float's summation order) changed
             "largest_relative_difference_threads": largest_relative_difference(
                 of_method(first["1x1"][0], method),
                 of_method(first[f"1x{processes}"][0], method)),
-            "images_per_experience": fastest["1x1"]["images_per_experience"],
-            "breakdown": breakdown(fastest["1x1"], fastest[f"{processes}x1"],
-                                   first[f"{processes}x1"][1]["calibration"], processes),
+            "images_per_experience": of(first["1x1"])["images_per_experience"],
+            "breakdown": breakdown(of(fastest["1x1"]), of(fastest[many]),
+                                   fastest[many][1]["calibration"], processes),
         }
     startup = {name: {"launch_wall_s": wall, "setup_s": report["setup_s"],
                       "training_s": sum(m["seconds_per_experience"] * m["timed"]
@@ -223,9 +224,9 @@ def scaling(processes: int, layout: str, extra: list[str], method: str = "all",
                for name, (_, report, wall) in first.items()}
     for name, entry in startup.items():
         entry["startup_s"] = entry["launch_wall_s"] - entry["training_s"]
-        entry["load_average_1min_at_end"] = loads[name][0]
+        entry["load_average_1min_at_end"] = loads[name]
     return {"methods": methods, "startup": startup, "repeats": repeats,
-            "calibration": first[f"{processes}x1"][1]["calibration"]}
+            "calibration": first[many][1]["calibration"]}
 
 
 def main() -> None:

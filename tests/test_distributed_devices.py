@@ -166,3 +166,39 @@ def test_largest_relative_difference_is_independent_of_order_and_checks_keys():
     assert bench.largest_relative_difference(a, b) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="keys differ"):
         bench.largest_relative_difference(a, {"w": a["w"]})
+
+
+def test_scaling_keeps_each_methods_fastest_round_with_that_launchs_calibration(monkeypatch):
+    """Two rounds of made-up launches: times, breakdown and its calibration from the fastest."""
+    times = {("1x1", 0): 4.0, ("1x1", 1): 3.0, ("2x1", 0): 2.5, ("2x1", 1): 1.5,
+             ("1x2", 0): 2.0, ("1x2", 1): 2.2}
+    latency = {0: 1e-3, 1: 9e-3}  # the 2-process calibration of each round
+    calls = []
+
+    def launch(method_args, procs, layout, folder, extra, threads, timeout_s):
+        name, round_ = folder.name.rsplit("-", 1)
+        calls.append(name)
+        seconds = times[name, int(round_)]
+        report = {"setup_s": 0.1, "calibration": {"latency_s": latency[int(round_)],
+                                                  "large_s": 0.1, "bytes": 1e6},
+                  "methods": {"analytic": {
+                      "seconds_per_experience": seconds, "timed": 2,
+                      "images_per_experience": 100.0,
+                      "collectives": {"seconds": 0.2, "calls": 4, "bytes": 8.0},
+                      "ddp_steps": 10, "ddp_bytes_per_step": 1000}}}
+        return {"w": torch.tensor([1.0, float(threads)])}, report, 2 * seconds + 1
+
+    monkeypatch.setattr(bench, "launch", launch)
+    result = bench.scaling(2, "standalone", [], repeats=2)
+    assert calls == ["1x1", "2x1", "1x2"] * 2  # interleaved rounds
+    entry = result["methods"]["analytic"]
+    assert entry["seconds_per_experience"] == {"1x1": 3.0, "2x1": 1.5, "1x2": 2.0}
+    assert entry["seconds_per_experience_rounds"]["2x1"] == [2.5, 1.5]
+    assert entry["speedup"] == {"2x1": pytest.approx(2.0), "1x2": pytest.approx(1.5)}
+    # the first round's tensors: thread count 1 against 2 in the second entry
+    assert entry["largest_relative_difference_threads"] == pytest.approx(1 / 2 ** 0.5)
+    per_byte = (0.1 - 9e-3) / 1e6  # round 1's calibration, where 2x1 was fastest
+    assert entry["breakdown"]["ddp_allreduce_s_estimated"] == pytest.approx(
+        10 * (9e-3 + 1000 * per_byte) / 2)
+    assert entry["breakdown"]["ideal_seconds"] == pytest.approx(1.5)
+    assert result["repeats"] == 2 and result["startup"]["1x1"]["launch_wall_s"] == 9.0
