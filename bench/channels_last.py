@@ -15,7 +15,8 @@ in the default (NCHW) order and in channels-last order, for three kinds of work:
   (SLCA fine-tuned).
 
 For each it prints milliseconds per image (the best of ``--repeats`` timings), the
-ratio NCHW / channels-last, and the largest relative difference between the two orders
+ratio NCHW / channels-last, and the largest relative difference (``max |a - b| / max |a|``,
+not the norm ratio of ``bench/distributed.py``) between the two orders
 of the features (and, for ``finetune_step``, of all the backbone's gradients taken as
 one vector): only the order in which floats are summed differs. ``floor_threads`` is
 the same difference between NCHW on ``--threads`` and on one thread more, the
