@@ -23,8 +23,8 @@ from avalanche.benchmarks import nc_benchmark
 from avalanche.benchmarks.scenarios.generic_scenario import CLScenario
 from torch.utils.data import Dataset
 
-from ..models.core.checks import Bool, Int, Seed, check_labelled, validated
-from .curriculum_score import as_class_list, check_order
+from ..models.core.checks import Bool, Int, Seed, check_labelled, divides, validated
+from .curriculum_score import ClassOrder, as_class_list
 from .datasets import IndexedSubset
 from .online import split_online
 
@@ -43,7 +43,10 @@ def select_classes(dataset: Dataset, classes: Sequence[int]) -> IndexedSubset:
     return IndexedSubset(dataset, torch.nonzero(mask).flatten())
 
 
-@validated(classes_per_experience=Int(1), online=Bool(), experience_size=Int(1), seed=Seed())
+@validated(divides("classes_per_experience", "order", lambda k, n: "classes_per_experience must "
+                   f"divide len(order)={n}, got {k}"),
+           order=ClassOrder(), classes_per_experience=Int(1), online=Bool(),
+           experience_size=Int(1), seed=Seed())
 def curriculum_benchmark(
     train: Dataset,
     test: Dataset,
@@ -80,14 +83,9 @@ def curriculum_benchmark(
             ``classes_per_experience`` < 1 or not dividing ``len(order)``,
             ``experience_size`` < 1, ``seed`` < 0.
     """
-    order = check_order(order)
     train_targets = check_labelled(train, "train")
     test_targets = check_labelled(test, "test")
     k = classes_per_experience
-    if len(order) % k:
-        raise ValueError(
-            f"classes_per_experience must divide len(order)={len(order)}, got {k}"
-        )
     selected = {}
     for name, ds, targets in (("train", train, train_targets), ("test", test, test_targets)):
         present = set(torch.unique(targets).tolist())

@@ -42,7 +42,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..models.core.checks import check_int, check_labels
+from ..models.core.checks import Constraint, OneOf, check_int, check_labels, validated
 
 PROTOTYPE_DISTANCES = ("cosine", "euclidean")
 
@@ -61,6 +61,16 @@ def as_class_list(classes: Sequence[int], name: str) -> list[int]:
         raise TypeError(
             f"{name} must be a sequence of integer class labels, got {classes!r}"
         ) from err
+
+
+class ClassOrder(Constraint):
+    """A class order (:func:`check_order`): at least 2 distinct integer labels, as a list."""
+
+    def _expected(self) -> str:
+        return "a class order (at least 2 distinct integer labels)"
+
+    def _check(self, value: object, name: str) -> list[int]:
+        return check_order(value, name=name)
 
 
 def check_order(
@@ -152,6 +162,8 @@ def class_prototypes(
     return torch.stack([features[targets == c].double().mean(0) for c in classes])
 
 
+@validated(distance=OneOf(*PROTOTYPE_DISTANCES, hints={
+    "otdd": "otdd needs per-class samples: neve.benchmarks.otdd"}))
 def prototype_distances(prototypes: torch.Tensor, distance: str = "cosine") -> np.ndarray:
     """Pairwise distances ``D[i, j]`` between prototypes (CD step 2).
 
@@ -163,12 +175,6 @@ def prototype_distances(prototypes: torch.Tensor, distance: str = "cosine") -> n
     Returns:
         ``[C, C]`` float64 array, zero diagonal, symmetric.
     """
-    if distance not in PROTOTYPE_DISTANCES:
-        raise ValueError(
-            f"distance must be one of {PROTOTYPE_DISTANCES} between prototypes, got {distance!r}"
-            + (" (otdd needs per-class samples: neve.benchmarks.otdd)"
-               if distance == "otdd" else "")
-        )
     p = torch.as_tensor(prototypes).double()
     if distance == "cosine":
         norms = p.norm(dim=1, keepdim=True)

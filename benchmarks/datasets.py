@@ -30,11 +30,14 @@ from ..models.core.checks import (
     Function,
     Instance,
     Int,
+    Labels,
     Real,
     Seed,
+    Tensor,
     check_int,
     check_labelled,
     check_labels,
+    same_length,
     validated,
 )
 from ..models.features import default_cache_dir
@@ -58,15 +61,8 @@ class LabelledTensorDataset(Dataset):
             :func:`~neve.models.core.checks.check_labels`).
     """
 
+    @validated(same_length("data", "targets"), data=Tensor(), targets=Labels())
     def __init__(self, data: torch.Tensor, targets: torch.Tensor) -> None:
-        if not isinstance(data, torch.Tensor) or data.dim() < 1:
-            raise TypeError(f"data must be a tensor [N, ...], got {type(data).__name__}")
-        targets = check_labels(targets, "targets")
-        if data.shape[0] != targets.shape[0]:
-            raise ValueError(
-                f"data and targets must have the same length, got {data.shape[0]} "
-                f"and {targets.shape[0]}"
-            )
         self.data = data
         self.targets = targets
 

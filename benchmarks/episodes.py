@@ -25,7 +25,7 @@ from avalanche.benchmarks.scenarios.generic_scenario import CLScenario
 from scipy import stats
 from tqdm.auto import tqdm
 
-from ..models.core.checks import Bool, Function, Int, Real, validated
+from ..models.core.checks import Bool, Function, Int, OneOf, Real, validated
 from ..models.core.distributed import (
     default_reduction,
     is_distributed,
@@ -94,14 +94,10 @@ class EpisodeResults:
         return mean_confidence_interval(self.accuracies[self._condition(condition)])[1]
 
     def _condition(self, condition: str | None) -> str:
-        if condition is None:
-            if len(self.accuracies) != 1:
-                raise ValueError(f"condition must be one of {sorted(self.accuracies)}")
+        """``condition``, or the only one there is when None."""
+        if condition is None and len(self.accuracies) == 1:
             return next(iter(self.accuracies))
-        if condition not in self.accuracies:
-            raise ValueError(f"condition must be one of {sorted(self.accuracies)}, "
-                             f"got {condition!r}")
-        return condition
+        return OneOf(*sorted(self.accuracies)).check(condition, "condition")
 
     def to_dict(self, per_episode: bool = True) -> dict:
         out = {

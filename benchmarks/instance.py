@@ -36,7 +36,17 @@ from avalanche.benchmarks.utils.classification_dataset import (
 )
 from torch.utils.data import Dataset
 
-from ..models.core.checks import Int, Seed, check_int, check_labelled, check_labels, validated
+from ..models.core.checks import (
+    Int,
+    Labels,
+    Rule,
+    Seed,
+    Tensor,
+    check_labelled,
+    divides,
+    same_length,
+    validated,
+)
 from .corruptions import corrupt_images, make_corruption
 from .datasets import LabelledTensorDataset
 
@@ -76,6 +86,11 @@ def _check_finite_images(images: torch.Tensor, name: str, indices: Sequence[int]
                              "episode of them would give meaningless accuracies; clean them first")
 
 
+@validated(same_length("support_x", "support_y"), same_length("query_x", "query_y"),
+           divides("support_sets", "support_x", lambda s, n: f"support_sets={s} must divide "
+                   f"the {n} support items"),
+           support_x=Tensor(), query_x=Tensor(), support_y=Labels(), query_y=Labels(),
+           support_sets=Int(1))
 def episode_benchmark(
     support_x: torch.Tensor,
     support_y: torch.Tensor,
@@ -100,20 +115,6 @@ def episode_benchmark(
         TypeError, ValueError: naming the argument, for non-tensor inputs, labels
             that are not integers >= 0, or lengths that do not match.
     """
-    for name, x in (("support_x", support_x), ("query_x", query_x)):
-        if not isinstance(x, torch.Tensor) or x.dim() < 1:
-            raise TypeError(f"{name} must be a tensor [N, ...], got {type(x).__name__}")
-    support_y = check_labels(support_y, "support_y")
-    query_y = check_labels(query_y, "query_y")
-    for name, x, y in (("support", support_x, support_y), ("query", query_x, query_y)):
-        if len(x) != len(y):
-            raise ValueError(f"{name}_x and {name}_y must have the same length, got "
-                             f"{len(x)} and {len(y)}")
-    support_sets = check_int(support_sets, "support_sets", minimum=1)
-    if len(support_x) % support_sets:
-        raise ValueError(
-            f"support_sets={support_sets} must divide the {len(support_x)} support items"
-        )
     return _episode_benchmark(support_x, support_y, query_x, query_y, support_sets)
 
 
@@ -140,7 +141,10 @@ def _annotate(bm: CLScenario, **info) -> CLScenario:
     return bm
 
 
-@validated(n_episodes=Int(1), images_per_episode=Int(1), support_sets=Int(1), seed=Seed())
+@validated(divides("support_sets", "images_per_episode", lambda s, n: f"support_sets={s} must "
+                   f"divide images_per_episode={n} (each support set holds images_per_episode "
+                   "/ support_sets images)"),
+           n_episodes=Int(1), images_per_episode=Int(1), support_sets=Int(1), seed=Seed())
 def instance_test_episodes(
     dataset: Dataset,
     n_episodes: int,
@@ -181,11 +185,6 @@ def instance_test_episodes(
         ValueError: on bad arguments, checked when called (not at the first episode).
     """
     n, s = images_per_episode, support_sets
-    if n % s:
-        raise ValueError(
-            f"support_sets={s} must divide images_per_episode={n} "
-            f"(each support set holds images_per_episode / support_sets images)"
-        )
     make_corruption(corruption, severity)  # validates both
     by_class = _indices_by_class(dataset)
     eligible = sorted(c for c, idx in by_class.items() if len(idx) >= n)
@@ -217,7 +216,13 @@ def instance_test_episodes(
     return episodes()
 
 
-@validated(n_episodes=Int(1), n_classes=Int(1), shots=Int(1), support_sets=Int(1),
+@validated(divides("class_interval", "support_sets", lambda i, s: f"class_interval={i} must "
+                   f"divide support_sets={s}"),
+           Rule(lambda n_classes, support_sets, class_interval: n_classes % (
+               support_sets // class_interval) == 0,
+                lambda n_classes, support_sets, class_interval: "support_sets / class_interval "
+                f"= {support_sets // class_interval} must divide n_classes={n_classes}"),
+           n_episodes=Int(1), n_classes=Int(1), shots=Int(1), support_sets=Int(1),
            query_shots=Int(1, optional=True), seed=Seed(), class_interval=Int(1))
 def cfsl_episodes(
     dataset: Dataset,
@@ -261,12 +266,7 @@ def cfsl_episodes(
     """
     s, interval = support_sets, class_interval
     query_shots = shots if query_shots is None else query_shots
-    if s % interval:
-        raise ValueError(f"class_interval={interval} must divide support_sets={s}")
     groups = s // interval
-    if n_classes % groups:
-        raise ValueError(f"support_sets / class_interval = {groups} must divide "
-                         f"n_classes={n_classes}")
     per_group = n_classes // groups
     make_corruption(corruption, severity)
     by_class = _indices_by_class(dataset)

@@ -23,11 +23,27 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .core.checks import Real
+from .core.checks import Real, Rule, validated
 from .core.distributed import LOCAL, Reduction
 from .gaussians import ClassGaussianStats
 
 
+def _same_rows(before: torch.Tensor, after: torch.Tensor) -> bool:
+    return before.shape == after.shape and before.dim() == 2
+
+
+def _rows_message(before: torch.Tensor, after: torch.Tensor, *reduction: object) -> str:
+    """Why ``before`` / ``after`` were refused; SDC (which passes its reduction) needs a row."""
+    return (f"before and after must be the same [N{' >= 1' if reduction else ''}, D], got "
+            f"{tuple(before.shape)} and {tuple(after.shape)}")
+
+
+@validated(Rule(lambda before, after, reduction: _same_rows(before, after) and (
+               before.shape[0] >= 1 or reduction.active), _rows_message),
+           Rule(lambda before, means: means.dim() == 2 and means.shape[1] == before.shape[1],
+                lambda before, means: f"means must be [C, {before.shape[1]}], got "
+                f"{tuple(means.shape)}"),
+           sigma=Real(gt=0.0))
 def sdc_shifts(
     before: torch.Tensor, after: torch.Tensor, means: torch.Tensor, sigma: float = 0.3,
     normalise: bool = True, reduction: Reduction = LOCAL,
@@ -50,13 +66,6 @@ def sdc_shifts(
     combined with one reduced max and one reduced sum, and every process gets the
     same shifts.
     """
-    if before.shape != after.shape or before.dim() != 2 or (
-            before.shape[0] < 1 and not reduction.active):
-        raise ValueError(f"before and after must be the same [N >= 1, D], got "
-                         f"{tuple(before.shape)} and {tuple(after.shape)}")
-    if means.dim() != 2 or means.shape[1] != before.shape[1]:
-        raise ValueError(f"means must be [C, {before.shape[1]}], got {tuple(means.shape)}")
-    Real(gt=0.0).check(sigma, "sigma")
     top, total, weighted = sdc_partial_sums(before, after, means, sigma, normalise)
     (best,) = reduction.max([top.clone()])
     scale = torch.exp(top - best)  # 0 for a part without rows, 1 in one process
@@ -92,6 +101,7 @@ def sdc_partial_sums(
     return top, weights.sum(1), weights @ (a - b)
 
 
+@validated(Rule(_same_rows, _rows_message), ridge=Real(gt=0.0))
 def drift_jacobian(before: torch.Tensor, after: torch.Tensor, ridge: float = 1.0,
                    reduction: Reduction = LOCAL) -> torch.Tensor:
     """``A = I + B`` ``[D, D]``: the linear part of a least-squares fit of the drift (beyond SDC).
@@ -109,10 +119,6 @@ def drift_jacobian(before: torch.Tensor, after: torch.Tensor, ridge: float = 1.0
     the sums, then the centred products ``X_c^T X_c``, ``X_c^T V_c``, are summed,
     and every process gets the same ``A``.
     """
-    ridge = Real(gt=0.0).check(ridge, "ridge")
-    if before.shape != after.shape or before.dim() != 2:
-        raise ValueError(f"before and after must be the same [N, D], got "
-                         f"{tuple(before.shape)} and {tuple(after.shape)}")
     x, v = before.double(), after.double() - before.double()
     count = torch.tensor([float(x.shape[0])], dtype=torch.float64, device=x.device)
     sums = torch.stack([x.sum(0), v.sum(0)])

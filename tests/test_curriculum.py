@@ -55,6 +55,17 @@ def random_instance(n, seed):
     return d, row_variances(d)
 
 
+def test_prototype_distances_refuse_an_unknown_distance_by_name():
+    protos = torch.eye(3, dtype=torch.float64)
+    euclid = prototype_distances(protos, "euclidean")
+    assert np.allclose(euclid, np.sqrt(2) * (1 - np.eye(3)))  # unit vectors: |e_i - e_j|
+    with pytest.raises(ValueError, match=r"distance must be one of \('cosine', 'euclidean'\), "
+                       r"got 'manhattan'$"):
+        prototype_distances(protos, "manhattan")
+    with pytest.raises(ValueError, match="otdd needs per-class samples: neve.benchmarks.otdd"):
+        prototype_distances(protos, "otdd")
+
+
 # ----------------------------------------------------------------------------- scores
 def test_score_of_hand_computed_three_class_example():
     # 1-d prototypes at x=0 (class 0), x=1 (class 1), x=-2 (class 2): D01=1, D02=2, D12=3

@@ -81,6 +81,11 @@ def test_episode_results_mean_and_ci_match_scipy():
     assert d["n_episodes"] == 6 and d["episodes_per_second"] == 3.0
     with pytest.raises(ValueError, match="condition"):
         res.mean("noise")
+    two = EpisodeResults({"clean": accs, "noise": accs[::-1]}, seconds=1.0)
+    assert two.mean("noise") == pytest.approx(np.mean(accs))
+    with pytest.raises(ValueError, match=r"condition must be one of \('clean', 'noise'\), got "
+                       "None"):
+        two.mean()  # two conditions: which one must be said
 
 
 def test_paired_conditions_train_once_and_score_each_condition(digits_data):

@@ -184,3 +184,24 @@ def test_paper_settings_train_and_decay_within_an_experience(split_digits):
     assert seen[3] == pytest.approx([0.01, 1e-4])  # reset for the next experience
     assert_refused(lambda: SLCA.paper(model, dataclasses.replace(settings, lr_milestones=(0,))),
                    "lr_milestones")
+
+
+def test_drift_functions_refuse_features_that_do_not_match_by_name():
+    from neve.models.drift import drift_jacobian
+
+    before, means = torch.randn(5, 3), torch.randn(2, 3)
+    for bad, match in [(torch.randn(4, 3), r"before and after must be the same \[N >= 1, D\], "
+                        r"got \(5, 3\) and \(4, 3\)"),
+                       (torch.randn(5), "before and after must be the same")]:
+        with pytest.raises(ValueError, match=match):
+            sdc_shifts(before, bad, means)
+    with pytest.raises(ValueError, match=r"before and after must be the same \[N >= 1, D\]"):
+        sdc_shifts(before[:0], before[:0], means)  # no rows in one process
+    with pytest.raises(ValueError, match=r"means must be \[C, 3\], got \(2, 4\)"):
+        sdc_shifts(before, before, torch.randn(2, 4))
+    with pytest.raises(ValueError, match="sigma must be a finite number > 0"):
+        sdc_shifts(before, before, means, sigma=0.0)
+    with pytest.raises(ValueError, match=r"before and after must be the same \[N, D\], got"):
+        drift_jacobian(before, torch.randn(5, 2))
+    with pytest.raises(ValueError, match="ridge must be a finite number > 0"):
+        drift_jacobian(before, before, ridge=-1.0)

@@ -132,10 +132,11 @@ class Bool(Constraint):
 
 
 class OneOf(Constraint):
-    """One of a few values, compared by equality (strings, None, dtypes...)."""
+    """One of a few values, compared by equality (strings, None, dtypes...); ``hints``: advice
+    added to the message for a known wrong value (e.g. a name that belongs elsewhere)."""
 
-    def __init__(self, *choices: Any) -> None:
-        self.choices = choices
+    def __init__(self, *choices: Any, hints: Mapping[Any, str] | None = None) -> None:
+        self.choices, self.hints = choices, dict(hints or {})
 
     def _expected(self) -> str:
         return f"one of {self.choices}"
@@ -144,7 +145,9 @@ class OneOf(Constraint):
         for choice in self.choices:
             if type(value) is type(choice) and value == choice:
                 return value
-        raise self._fail(ValueError, value, name)
+        error = self._fail(ValueError, value, name)
+        hint = self.hints.get(value) if isinstance(value, str) else None
+        raise ValueError(f"{error} ({hint})") if hint else error
 
 
 class Registered(Constraint):
@@ -261,6 +264,76 @@ class Device(Constraint):
         return device
 
 
+class Tensor(Constraint):
+    """A ``torch.Tensor`` with at least ``min_dim`` dimensions (``[N, ...]`` by default)."""
+
+    def __init__(self, min_dim: int = 1, *, optional: bool = False) -> None:
+        self.min_dim, self.optional = min_dim, optional
+
+    def _expected(self) -> str:
+        return {0: "a tensor", 1: "a tensor [N, ...]"}.get(
+            self.min_dim, f"a tensor of at least {self.min_dim} dimensions")
+
+    def _check(self, value: Any, name: str) -> torch.Tensor:
+        if not isinstance(value, torch.Tensor) or value.dim() < self.min_dim:
+            raise TypeError(f"{name} must be {self.expected()}, got {type(value).__name__}")
+        return value
+
+
+class Labels(Constraint):
+    """Integer class labels: :func:`check_labels`, a 1-d int64 tensor of values ``>= 0``."""
+
+    def __init__(self, *, optional: bool = False) -> None:
+        self.optional = optional
+
+    def _expected(self) -> str:
+        return "integer class labels [N], >= 0"
+
+    def _check(self, value: Any, name: str) -> torch.Tensor:
+        return check_labels(value, name)
+
+
+class Rule:
+    """A relation between arguments, declared beside their constraints and checked after them.
+
+    ``holds`` and ``message`` take the arguments it relates by name (their parameter
+    names are the arguments'), canonical already; when ``holds`` is false the call
+    raises ``ValueError(message(...))``.
+    """
+
+    def __init__(self, holds: Callable[..., bool], message: Callable[..., str]) -> None:
+        self.holds, self.message = holds, message
+        self.names = tuple(inspect.signature(holds).parameters)
+
+    def check(self, values: Mapping[str, Any]) -> None:
+        args = [values[name] for name in self.names]
+        if not self.holds(*args):
+            raise ValueError(self.message(*args))
+
+
+def same_length(a: str, b: str) -> Rule:
+    """Arguments ``a`` and ``b`` have the same length (first dimension)."""
+    def message(x, y):
+        return f"{a} and {b} must have the same length, got {len(x)} and {len(y)}"
+    return Rule(_named(lambda x, y: len(x) == len(y), a, b), _named(message, a, b))
+
+
+def divides(divisor: str, dividend: str, message: Callable[[int, int], str]) -> Rule:
+    """Argument ``divisor`` divides argument ``dividend`` (an integer, or the length of a
+    sequence); ``message(divisor, dividend)`` gets the two integers."""
+    def size(value: Any) -> int:
+        return value if isinstance(value, int) else len(value)
+    return Rule(_named(lambda d, n: size(n) % d == 0, divisor, dividend),
+                _named(lambda d, n: message(d, size(n)), divisor, dividend))
+
+
+def _named(function: Callable, *names: str) -> Callable:
+    """``function`` of positional arguments, its signature naming them ``names``."""
+    function.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names])
+    return function
+
+
 #: The name of an Avalanche stream ("test", "train"...).
 STREAM = Instance(str, what="a stream name (str)")
 
@@ -276,16 +349,19 @@ def validate(constraints: Constraints, values: Mapping[str, Any]) -> dict[str, A
             for name, value in values.items()}
 
 
-def validated(**constraints: Constraint) -> Callable:
+def validated(*rules: Rule, **constraints: Constraint) -> Callable:
     """Decorate a public function or ``__init__``: check its arguments once, on entry.
 
-    The function receives the canonical values (``Int`` gives an ``int``, ``Real`` a
-    ``float``, ``Device`` a ``torch.device``); its ``__signature__`` is kept.
+    ``constraints``: one per parameter; ``rules``: relations between parameters,
+    checked after every constraint. The function receives the canonical values
+    (``Int`` gives an ``int``, ``Real`` a ``float``, ``Device`` a ``torch.device``);
+    its ``__signature__`` is kept.
     """
 
     def decorate(function: Callable) -> Callable:
         signature = inspect.signature(function)
-        unknown = set(constraints) - set(signature.parameters)
+        unknown = (set(constraints) | {n for r in rules for n in r.names}) - set(
+            signature.parameters)
         if unknown:
             raise TypeError(f"constraints for unknown parameters {sorted(unknown)}")
 
@@ -295,9 +371,14 @@ def validated(**constraints: Constraint) -> Callable:
             for name, value in list(bound.arguments.items()):
                 if name in constraints:
                     bound.arguments[name] = constraints[name].check(value, name)
+            if rules:
+                values = {**{n: p.default for n, p in signature.parameters.items()},
+                          **bound.arguments}
+                for rule in rules:
+                    rule.check(values)
             return function(*bound.args, **bound.kwargs)
 
-        checked.constraints = dict(constraints)
+        checked.constraints, checked.rules = dict(constraints), rules
         return checked
 
     return decorate
