@@ -32,7 +32,10 @@ MAX_SEED = 2**63 - 1
 class Constraint:
     """What one parameter must be; ``check(value, name)`` returns it canonical or raises."""
 
-    optional = False
+    optional = False  # subclasses that take other parameters keep the default
+
+    def __init__(self, *, optional: bool = False) -> None:
+        self.optional = optional
 
     def check(self, value: Any, name: str) -> Any:
         if value is None and self.optional:
@@ -119,9 +122,6 @@ class Real(Constraint):
 class Bool(Constraint):
     """``True`` or ``False`` (numpy's included), as a ``bool``."""
 
-    def __init__(self, *, optional: bool = False) -> None:
-        self.optional = optional
-
     def _expected(self) -> str:
         return "True or False"
 
@@ -200,9 +200,6 @@ class Instance(Constraint):
 class Function(Constraint):
     """A callable."""
 
-    def __init__(self, *, optional: bool = False) -> None:
-        self.optional = optional
-
     def _expected(self) -> str:
         return "a callable"
 
@@ -237,9 +234,6 @@ class Device(Constraint):
     Refuses a string torch cannot parse, and a CUDA (or MPS) device when none is
     available or its index is past the last GPU, before anything is moved there.
     """
-
-    def __init__(self, *, optional: bool = False) -> None:
-        self.optional = optional
 
     def _expected(self) -> str:
         return "a str or torch.device"
@@ -282,9 +276,6 @@ class Tensor(Constraint):
 
 class Labels(Constraint):
     """Integer class labels: :func:`check_labels`, a 1-d int64 tensor of values ``>= 0``."""
-
-    def __init__(self, *, optional: bool = False) -> None:
-        self.optional = optional
 
     def _expected(self) -> str:
         return "integer class labels [N], >= 0"
