@@ -97,12 +97,17 @@ class Backbone(nn.Module):
     """A network mapping preprocessed images ``[B, 3, S, S]`` to features ``[B, feature_dim]``.
 
     Attributes:
+        cpu_chunk_pixels: image pixels per part of a CPU inference pass
+            (:meth:`cpu_chunk`); ``None`` keeps every batch whole. A class attribute:
+            setting it on an instance changes that backbone only.
         name: the backbone's name, e.g. ``"efficientnet-lite0"`` or ``"timm/vit_base_patch16_224"``.
         feature_dim: size of the feature vector (1280 for EfficientNet-Lite0).
         transform: :class:`ImagePreprocess` to apply to raw images first (input size
             and normalisation of the pretrained configuration).
         weights: ``"pretrained"``, ``None`` (random) or the path the weights came from.
     """
+
+    cpu_chunk_pixels: int | None = 2**17
 
     def __init__(
         self,
@@ -135,14 +140,39 @@ class Backbone(nn.Module):
         """
         if x.dim() == 4 and x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
+            chunk = self.cpu_chunk(x)
+            if chunk < len(x):
+                return torch.cat([self._features(part) for part in x.split(chunk)])
+        return self._features(x)
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
         out = self.net(x)
         return out.flatten(1) if out.dim() > 2 else out
+
+    def cpu_chunk(self, x: torch.Tensor) -> int:
+        """Images per part of a CPU inference pass over ``x`` ``[B, 3, H, W]``.
+
+        A pass over many images at once runs slower per image than over a few, once
+        their activations outgrow the caches; so an inference pass (eval mode, no
+        autograd graph recorded) goes through the network in parts of at most
+        :attr:`cpu_chunk_pixels` image pixels (``bench/inference_chunk.py``). In eval
+        mode each image's features depend on that image alone, so the parts give the
+        whole batch's features, to float rounding. In training mode (batch
+        statistics) or while a graph is recorded (a backward follows) the batch stays
+        whole: ``len(x)``. ``cpu_chunk_pixels = None`` keeps every batch whole.
+        """
+        records_graph = torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.net.parameters()))
+        if self.training or records_graph or self.cpu_chunk_pixels is None:
+            return len(x)
+        return max(1, self.cpu_chunk_pixels // (x.shape[-2] * x.shape[-1]))
 
 
 class Weights(Constraint):
     """``None`` (random initialisation), ``"pretrained"`` or a path to a weight file."""
 
-    optional = True
+    def __init__(self) -> None:
+        super().__init__(optional=True)
 
     def _expected(self) -> str:
         return "None (random init), 'pretrained' or a path to a .pth/.safetensors file"

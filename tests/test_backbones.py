@@ -54,6 +54,48 @@ def test_backbone_runs_its_network_channels_last_with_the_nchw_numbers(backbone)
     assert torch.allclose(out, reference, rtol=1e-4, atol=1e-5 * reference.abs().max())
 
 
+def _batch_sizes_seen(backbone, x, *, grad: bool = False) -> tuple[list[int], torch.Tensor]:
+    seen = []
+    hook = backbone.net.register_forward_pre_hook(lambda _, args: seen.append(len(args[0])))
+    try:
+        with torch.set_grad_enabled(grad):
+            out = backbone(x)
+    finally:
+        hook.remove()
+    return seen, out
+
+
+def test_cpu_inference_pass_runs_in_parts_of_cpu_chunk_pixels_with_the_whole_batchs_features(
+        backbone):
+    net = copy.deepcopy(backbone).eval()
+    x = net.transform(torch.rand(7, 1, 28, 28, generator=torch.Generator().manual_seed(1)))
+    net.cpu_chunk_pixels = 3 * 64 * 64 + 5  # three 64 px images per part
+    parts, out = _batch_sizes_seen(net, x)
+    assert parts == [3, 3, 1]
+    net.cpu_chunk_pixels = None
+    whole, reference = _batch_sizes_seen(net, x)
+    assert whole == [7]
+    assert torch.allclose(out, reference, rtol=1e-5, atol=1e-6 * reference.abs().max())
+    net.cpu_chunk_pixels = 1  # fewer pixels than one image: one image per part
+    assert _batch_sizes_seen(net, x[:2])[0] == [1, 1]
+
+
+def test_batch_stays_whole_in_training_mode_and_while_a_graph_is_recorded(backbone):
+    net = copy.deepcopy(backbone)
+    net.cpu_chunk_pixels = 64 * 64  # one image per part, where parts are allowed
+    x = net.transform(torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(2)))
+    net.train()  # batch statistics: one image's features depend on the others
+    assert _batch_sizes_seen(net, x)[0] == [4]
+    net.eval()
+    parts, out = _batch_sizes_seen(net, x, grad=True)  # trainable weights: a backward follows
+    assert parts == [4] and out.requires_grad
+    net.requires_grad_(False)  # a frozen backbone under autograd (a head trained on it)
+    parts, out = _batch_sizes_seen(net, x, grad=True)
+    assert parts == [1, 1, 1, 1] and not out.requires_grad
+    parts, _ = _batch_sizes_seen(net, x.clone().requires_grad_(), grad=True)  # input grads
+    assert parts == [4]
+
+
 def test_backbone_keeps_the_callers_memory_order_off_the_cpu(backbone):
     # channels-last is measured on CPU only: elsewhere (here the meta device, which
     # runs shapes without data) the network gets the images as they came
