@@ -161,10 +161,9 @@ class Backbone(nn.Module):
         statistics) or while a graph is recorded (a backward follows) the batch stays
         whole: ``len(x)``. ``cpu_chunk_pixels = None`` keeps every batch whole.
         """
-        records_graph = torch.is_grad_enabled() and (
-            x.requires_grad or any(p.requires_grad for p in self.net.parameters()))
-        if self.training or records_graph or self.cpu_chunk_pixels is None:
-            return len(x)
+        if self.training or self.cpu_chunk_pixels is None or torch.is_grad_enabled() and (
+                x.requires_grad or any(p.requires_grad for p in self.net.parameters())):
+            return len(x)  # the scan of the parameters last: it is the costly test
         return max(1, self.cpu_chunk_pixels // (x.shape[-2] * x.shape[-1]))
 
 

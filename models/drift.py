@@ -28,18 +28,22 @@ from .core.distributed import LOCAL, Reduction
 from .gaussians import ClassGaussianStats
 
 
-def _same_rows(before: torch.Tensor, after: torch.Tensor) -> bool:
-    return before.shape == after.shape and before.dim() == 2
+def _rows_rule(*, need_a_row: bool) -> Rule:
+    """``before`` and ``after`` are the same ``[N, D]``; with ``need_a_row``, ``N >= 1``
+    unless ``reduction`` is active (another process may hold the rows)."""
+    want = "[N >= 1, D]" if need_a_row else "[N, D]"
+
+    def holds(before: torch.Tensor, after: torch.Tensor, reduction: Reduction) -> bool:
+        return before.shape == after.shape and before.dim() == 2 and (
+            not need_a_row or before.shape[0] >= 1 or reduction.active)
+
+    def message(before: torch.Tensor, after: torch.Tensor, reduction: Reduction) -> str:
+        return (f"before and after must be the same {want}, got {tuple(before.shape)} and "
+                f"{tuple(after.shape)}")
+    return Rule(holds, message)
 
 
-def _rows_message(before: torch.Tensor, after: torch.Tensor, *reduction: object) -> str:
-    """Why ``before`` / ``after`` were refused; SDC (which passes its reduction) needs a row."""
-    return (f"before and after must be the same [N{' >= 1' if reduction else ''}, D], got "
-            f"{tuple(before.shape)} and {tuple(after.shape)}")
-
-
-@validated(Rule(lambda before, after, reduction: _same_rows(before, after) and (
-               before.shape[0] >= 1 or reduction.active), _rows_message),
+@validated(_rows_rule(need_a_row=True),
            Rule(lambda before, means: means.dim() == 2 and means.shape[1] == before.shape[1],
                 lambda before, means: f"means must be [C, {before.shape[1]}], got "
                 f"{tuple(means.shape)}"),
@@ -101,7 +105,7 @@ def sdc_partial_sums(
     return top, weights.sum(1), weights @ (a - b)
 
 
-@validated(Rule(_same_rows, _rows_message), ridge=Real(gt=0.0))
+@validated(_rows_rule(need_a_row=False), ridge=Real(gt=0.0))
 def drift_jacobian(before: torch.Tensor, after: torch.Tensor, ridge: float = 1.0,
                    reduction: Reduction = LOCAL) -> torch.Tensor:
     """``A = I + B`` ``[D, D]``: the linear part of a least-squares fit of the drift (beyond SDC).

@@ -355,6 +355,7 @@ def validated(*rules: Rule, **constraints: Constraint) -> Callable:
             signature.parameters)
         if unknown:
             raise TypeError(f"constraints for unknown parameters {sorted(unknown)}")
+        defaults = {n: p.default for n, p in signature.parameters.items()}  # what rules see
 
         @functools.wraps(function)
         def checked(*args, **kwargs):
@@ -363,8 +364,7 @@ def validated(*rules: Rule, **constraints: Constraint) -> Callable:
                 if name in constraints:
                     bound.arguments[name] = constraints[name].check(value, name)
             if rules:
-                values = {**{n: p.default for n, p in signature.parameters.items()},
-                          **bound.arguments}
+                values = {**defaults, **bound.arguments}
                 for rule in rules:
                     rule.check(values)
             return function(*bound.args, **bound.kwargs)
