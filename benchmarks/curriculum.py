@@ -23,7 +23,8 @@ from avalanche.benchmarks import nc_benchmark
 from avalanche.benchmarks.scenarios.generic_scenario import CLScenario
 from torch.utils.data import Dataset
 
-from ..models.core.checks import Bool, Int, Seed, check_labelled, divides, validated
+from ..models.core.checks import Bool, Int, Seed, divides, validated
+from ..models.core.data_checks import check_labelled
 from .curriculum_score import ClassOrder, as_class_list
 from .datasets import IndexedSubset
 from .online import split_online

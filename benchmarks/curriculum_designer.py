@@ -21,16 +21,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..models.backbones import Backbone, pretrained_backbone
-from ..models.core.checks import (
-    Function,
-    Instance,
-    Int,
-    Registered,
-    Seed,
-    check_bool,
-    check_labelled,
-    validate,
-)
+from ..models.core.checks import Function, Instance, Int, Registered, Seed, check_bool, validate
+from ..models.core.data_checks import check_labelled
 from ..models.core.distributed import default_reduction, shard
 from ..models.features import extract_features
 from .class_distances import CLASS_DISTANCES

@@ -42,7 +42,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..models.core.checks import Constraint, OneOf, check_int, check_labels, validated
+from ..models.core.checks import Constraint, OneOf, check_int, validated
+from ..models.core.data_checks import check_labels
 
 PROTOTYPE_DISTANCES = ("cosine", "euclidean")
 

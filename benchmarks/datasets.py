@@ -30,16 +30,13 @@ from ..models.core.checks import (
     Function,
     Instance,
     Int,
-    Labels,
     Real,
     Seed,
-    Tensor,
     check_int,
-    check_labelled,
-    check_labels,
     same_length,
     validated,
 )
+from ..models.core.data_checks import Labels, Tensor, check_labelled, check_labels
 from ..models.features import default_cache_dir
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -58,7 +55,7 @@ class LabelledTensorDataset(Dataset):
         data: float tensor ``[N, ...]`` (images ``[N, C, H, W]`` or features ``[N, D]``).
         targets: ``[N]`` labels of an integer dtype, >= 0 (stored as int64); float
             labels are refused, whole or not (neve's one label rule,
-            :func:`~neve.models.core.checks.check_labels`).
+            :func:`~neve.models.core.data_checks.check_labels`).
     """
 
     @validated(same_length("data", "targets"), data=Tensor(), targets=Labels())

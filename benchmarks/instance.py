@@ -36,17 +36,8 @@ from avalanche.benchmarks.utils.classification_dataset import (
 )
 from torch.utils.data import Dataset
 
-from ..models.core.checks import (
-    Int,
-    Labels,
-    Rule,
-    Seed,
-    Tensor,
-    check_labelled,
-    divides,
-    same_length,
-    validated,
-)
+from ..models.core.checks import Int, Rule, Seed, divides, same_length, validated
+from ..models.core.data_checks import Labels, Tensor, check_labelled
 from .corruptions import corrupt_images, make_corruption
 from .datasets import LabelledTensorDataset
 

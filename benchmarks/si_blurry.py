@@ -49,16 +49,8 @@ from avalanche.benchmarks.utils.classification_dataset import (
 )
 from torch.utils.data import Dataset
 
-from ..models.core.checks import (
-    Bool,
-    Int,
-    OneOf,
-    Real,
-    Seed,
-    check_labelled,
-    check_labels,
-    validate,
-)
+from ..models.core.checks import Bool, Int, OneOf, Real, Seed, validate
+from ..models.core.data_checks import check_labelled, check_labels
 from .online import split_online
 
 #: Names of the split's rules; the first is the default.

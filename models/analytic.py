@@ -38,7 +38,8 @@ import math
 import torch
 from torch import nn
 
-from .core.checks import Instance, Int, OneOf, Seed, check_features, validated
+from .core.checks import Instance, Int, OneOf, Seed, validated
+from .core.data_checks import check_features
 from .incremental_ridge import DEFAULT_MAX_CLASSES, IncrementalRidge, keep_float64
 
 __all__ = ["AnalyticClassifier", "BufferLayer", "IncrementalRidge"]

@@ -33,7 +33,8 @@ from torch.utils.data import Dataset
 
 from .atomic_file import write_atomically
 from .convnets import ConvNet
-from .core.checks import Int, Real, Seed, check_int, check_labelled, validated
+from .core.checks import Int, Real, Seed, check_int, validated
+from .core.data_checks import check_labelled
 from .features import dataset_fingerprint, default_cache_dir
 from .prototypes import mean_per_class, prototype_scores
 

@@ -22,7 +22,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.std import tqdm
 
-from .core.checks import Bool, Device, Int, Text, check_labels, validated
+from .core.checks import Bool, Device, Int, Text, validated
+from .core.data_checks import check_labels
 from .feature_cache import (
     dataset_fingerprint,
     entry_bytes,

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .core.checks import Int, OneOf, Real, check_features, check_labels
+from .core.checks import Int, OneOf, Real
+from .core.data_checks import check_features, check_labels
 
 COVARIANCE_KINDS = ("full", "diagonal", "shared")
 

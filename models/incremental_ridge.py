@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core.checks import Int, OneOf, Real, check_features, check_labels, validated
+from .core.checks import Int, OneOf, Real, validated
+from .core.data_checks import check_features, check_labels
 from .core.distributed import Reduction, default_reduction
 from .ridge import accumulate_statistics, solve_ridge, woodbury_update
 

@@ -24,7 +24,8 @@ from torch.utils.data import Subset
 
 from ..models.analytic import PROJECTION_DTYPE, BufferLayer, IncrementalRidge
 from ..models.classifier import model_part
-from ..models.core.checks import AnyOf, Function, Int, Real, Seed, Text, check_labels, validated
+from ..models.core.checks import AnyOf, Function, Int, Real, Seed, Text, validated
+from ..models.core.data_checks import check_labels
 from ..models.core.distributed import equal_batches, is_distributed
 from ..models.features import iter_features
 from ..models.incremental_ridge import DEFAULT_MAX_CLASSES

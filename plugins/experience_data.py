@@ -11,7 +11,7 @@ from avalanche.training import JointTraining
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..models.core.checks import check_labels
+from ..models.core.data_checks import check_labels
 
 
 def training_data(strategy) -> Dataset:

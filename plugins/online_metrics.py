@@ -25,7 +25,8 @@ from avalanche.core import SupervisedPlugin
 from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
 
-from ..models.core.checks import Bool, Int, Text, check_labelled, validate
+from ..models.core.checks import Bool, Int, Text, validate
+from ..models.core.data_checks import check_labelled
 from ..models.core.distributed import default_reduction
 from .seen_classes import SEEN_STREAM, as_classification_dataset, seen_classes_stream
 

@@ -20,7 +20,8 @@ from avalanche.benchmarks.utils.classification_dataset import (
     _as_taskaware_supervised_classification_dataset,
 )
 
-from ..models.core.checks import Text, check_labelled, check_labels
+from ..models.core.checks import Text
+from ..models.core.data_checks import check_labelled, check_labels
 
 #: Name of the stream :func:`seen_classes_stream` gives by default.
 SEEN_STREAM = "seen_test"

@@ -21,7 +21,8 @@ import torch
 from avalanche.models import NCMClassifier
 from avalanche.training.plugins import EvaluationPlugin
 
-from ..models.core.checks import Bool, Device, Int, OneOf, check_features, check_labels, validated
+from ..models.core.checks import Bool, Device, Int, OneOf, validated
+from ..models.core.data_checks import check_features, check_labels
 from ..models.prototypes import (
     SCORINGS,
     DotProductNCM,

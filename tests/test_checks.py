@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neve.models.core.checks import Int, Labels, Rule, Tensor, divides, same_length, validated
+from neve.models.core.checks import Int, Rule, divides, same_length, validated
+from neve.models.core.data_checks import Labels, Tensor
 
 
 @validated(same_length("x", "y"), divides("parts", "x", lambda d, n: f"parts={d} vs {n} items"),

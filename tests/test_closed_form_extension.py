@@ -20,7 +20,7 @@ from torch import nn
 
 from neve.benchmarks import LabelledTensorDataset
 from neve.models import BufferLayer
-from neve.models.core.checks import check_labels
+from neve.models.core.data_checks import check_labels
 from neve.plugins import ExactShardsPlugin
 from neve.strategies.closed_form import ClosedFormStrategy
 
